@@ -1,0 +1,176 @@
+"""`openimagen` command line: parse, build a config, call the library. Nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL_HELP = "the small shapes-world cascade shipped inside the package"
+
+
+def _positive_int(name):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
+        return v
+
+    return parse
+
+
+def _slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "image"
+
+
+# ----------------------------------------------------------------------------------------------
+# generate
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .loading import load_model
+
+    for p in args.prompt:
+        if not p.strip():
+            raise ValueError("empty prompt: describe the image, e.g. openimagen generate \"a red circle above a blue square\"")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    model = load_model(args.model, sr=args.sr, device=args.device, dtype=dtype)
+    out = model.generate(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_images=args.num_images,
+        steps=args.steps,
+        guidance=args.guidance,
+        sampler=args.sampler,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, images in enumerate(out.images):
+        res = images.shape[-1]
+        for i, (img, prompt) in enumerate(zip(_to_pil(images), out.prompts)):
+            path = out_dir / f"{i:02d}-{_slug(prompt)}-stage{k}-{res}px.png"
+            img.save(path)
+            written.append(path)
+    for p in written:
+        print(p)
+    return 0
+
+
+def _to_pil(images):
+    from .pipeline import to_pil
+
+    return to_pil(images)
+
+
+# ----------------------------------------------------------------------------------------------
+# train / embed / evaluate
+
+
+def cmd_train(args) -> int:
+    from .train import load_train_config, train
+
+    cfg = load_train_config(args.preset, args.config, args.set or [])
+    model_dir = train(cfg, args.out, resume=args.resume, max_steps=args.max_steps,
+                      data_path=args.data, progress=not args.quiet)
+    print(f"model written to {model_dir}")
+    print(f'try it: openimagen generate --model {args.out} "a red circle above a blue square"')
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .data.embeddings import embed_captions_from_source
+
+    index = embed_captions_from_source(args.data, args.out, encoder=args.encoder, t5=args.t5,
+                                       batch_size=args.batch_size, progress=not args.quiet)
+    print(f"embeddings written to {index}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate.run import evaluate_model
+
+    report = evaluate_model(args.model, args.prompts, args.out, steps=args.steps, guidance=args.guidance,
+                            sampler=args.sampler, seed=args.seed, progress=not args.quiet)
+    print(report)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="openimagen", description="Cascaded text-to-image diffusion (Imagen, DeepFloyd IF).")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate images from a prompt with every stage of a cascade")
+    g.add_argument("prompt", nargs="+", help="one or more prompts")
+    g.add_argument("--model", default=None, help=f"a model folder, or a DeepFloyd IF hub id / folder (default: {DEFAULT_MODEL_HELP})")
+    g.add_argument("--sr", default=None, help="a DeepFloyd IF stage II hub id or folder to run after --model")
+    g.add_argument("--steps", type=_positive_int("--steps"), default=None, help="sampling steps per stage (default: the model's)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"], default=None, help="sampler (default: the model's)")
+    g.add_argument("--negative-prompt", default=None, help="what the image should not show")
+    g.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
+    g.add_argument("--num-images", type=_positive_int("--num-images"), default=1, help="images per prompt")
+    g.add_argument("--out", default="openimagen-out", help="output folder for the PNGs (default: openimagen-out)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights dtype (default fp32)")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train", help="train every stage of a cascade in one run")
+    t.add_argument("--preset", default=None, help="a training preset, e.g. shapes-tiny, shapes-small")
+    t.add_argument("--config", default=None, help="a TOML or YAML training config file")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set optim.lr=1e-4")
+    t.add_argument("--data", default=None, help="an image-caption folder or webdataset shards (default: shapes world)")
+    t.add_argument("--out", required=True, help="run folder: checkpoints, samples, logs and the final model")
+    t.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None, help="stop after this many steps per stage")
+    t.add_argument("--resume", action="store_true", help="continue exactly where the run in --out stopped")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("embed", help="encode every caption of a dataset once into safetensors shards")
+    e.add_argument("data", help="an image-caption folder, webdataset shards, or 'shapes'")
+    e.add_argument("--out", required=True, help="folder for the embedding shards")
+    e.add_argument("--encoder", default="minilm", choices=["minilm", "t5"], help="text encoder (default: bundled MiniLM)")
+    e.add_argument("--t5", default="google/t5-v1_1-base", help="T5 name or folder when --encoder t5")
+    e.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64)
+    e.set_defaults(func=cmd_embed)
+
+    v = sub.add_parser("evaluate", help="score prompt fidelity of a model on shapes-world prompts")
+    v.add_argument("--model", default=None, help=f"model folder (default: {DEFAULT_MODEL_HELP})")
+    v.add_argument("--prompts", default=None, help="text file, one shapes-world caption per line (default: the shipped benchmark)")
+    v.add_argument("--out", required=True, help="folder for images and scores.json")
+    v.add_argument("--steps", type=_positive_int("--steps"), default=None)
+    v.add_argument("--guidance", type=float, default=None)
+    v.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"], default=None)
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from .config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ValueError, ConfigError, FileNotFoundError, OSError, ImportError) as e:
+        print(f"openimagen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Find and load a model from what a user typed: nothing, a folder, or a DeepFloyd IF hub id."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .pipeline import Cascade, ModelFolderError
+
+BUNDLED = Path(__file__).parent / "assets" / "shapes-cascade"
+
+
+def bundled_model_path() -> Path:
+    if not (BUNDLED / "cascade.json").is_file():
+        raise ModelFolderError(
+            f"the bundled model is missing from {BUNDLED}; reinstall openimagen or pass --model DIR"
+        )
+    return BUNDLED
+
+
+def is_deepfloyd(name_or_path: str) -> bool:
+    p = Path(name_or_path)
+    if p.is_dir():
+        return (p / "model_index.json").is_file() or (p / "unet" / "config.json").is_file()
+    return not p.exists() and "/" in name_or_path and name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+
+
+def load_model(model: str | None, *, sr: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None):
+    """Return an object with `.generate(prompts, ...)`: an openimagen Cascade or a DeepFloyd IF cascade."""
+    if model is None:
+        if sr is not None:
+            raise ValueError("--sr needs --model (a DeepFloyd IF stage I model)")
+        return Cascade.from_pretrained(bundled_model_path(), device=device, dtype=dtype)
+    path = Path(model)
+    if path.is_dir() and (path / "cascade.json").is_file():
+        return _our_cascade(path, sr, device, dtype)
+    if path.is_dir() and (path / "model" / "cascade.json").is_file():  # a training run folder
+        return _our_cascade(path / "model", sr, device, dtype)
+    if is_deepfloyd(model):
+        from .deepfloyd.pipeline import IFCascade
+
+        return IFCascade.from_pretrained(model, sr=sr, device=device, dtype=dtype)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--model {model}: no such folder; pass a folder written by `openimagen train` or save_pretrained, "
+            "or a DeepFloyd IF hub id such as DeepFloyd/IF-I-XL-v1.0"
+        )
+    raise ModelFolderError(
+        f"{model} is neither an openimagen model (cascade.json) nor a DeepFloyd IF checkpoint "
+        "(model_index.json, unet/config.json)"
+    )
+
+
+def _our_cascade(path: Path, sr, device, dtype) -> Cascade:
+    if sr is not None:
+        raise ValueError("--sr is for DeepFloyd IF stage II models; an openimagen cascade already holds its SR stages")
+    return Cascade.from_pretrained(path, device=device, dtype=dtype)

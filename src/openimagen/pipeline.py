@@ -1,0 +1,365 @@
+"""The cascade: a text encoder and a list of diffusion stages, run in order.
+
+Imagen (Saharia et al. 2022, §2): a base model draws a small image from the text; each
+super-resolution stage sees the text and a noise-augmented, upsampled copy of the previous image
+(noise-conditioning augmentation, §2.4; Ho et al. 2021 "Cascaded Diffusion Models").
+
+This file is where `nn/` (networks that know nothing about noise) and `diffusion/` (math that knows
+nothing about networks) meet: `Stage.model` turns a U-Net into the denoiser contract.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import ConfigError, from_dict, load_json, save_json, to_dict
+from .diffusion import (
+    SAMPLERS,
+    Denoised,
+    Parameterization,
+    ScheduleConfig,
+    classifier_free_guidance,
+    dynamic_threshold,
+    make_schedule,
+    static_threshold,
+)
+from .text import TextEncoder, check_prompts, text_encoder_from_spec
+
+FORMAT = "openimagen-cascade"
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing a file or holds a corrupt one."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage: one U-Net with its noise schedule, parameterisation and sampling defaults
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    resolution: int
+    unet: dict                                  # the U-Net's own config (see `unet_kind`)
+    unet_kind: str = "efficient"                # "efficient" (nn/efficient_unet.py) | "if" (nn/if_unet.py)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="cosine"))
+    parameterization: Parameterization = field(default_factory=Parameterization)
+    lowres: bool = False                        # super-resolution stage: conditioned on the previous image
+    lowres_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="linear"))
+    lowres_aug: float = 0.2                     # sampling aug level, in lowres_schedule's time units
+    sampler: str = "ddpm"
+    steps: int = 50
+    guidance: float = 5.0
+    threshold: str = "dynamic"                  # "dynamic" | "static" | "none"
+    threshold_percentile: float = 0.95
+    threshold_max: float | None = None          # IF: 1.5 for stage I, 1.0 for stage II
+
+
+def _unet_classes(kind: str):
+    if kind == "efficient":
+        from .nn.efficient_unet import EfficientUNet, UNetConfig
+
+        return UNetConfig, EfficientUNet
+    if kind == "if":
+        from .nn.if_unet import IFUNet, IFUNetConfig
+
+        return IFUNetConfig, IFUNet
+    raise ConfigError(f"unknown unet_kind {kind!r}; expected 'efficient' or 'if'")
+
+
+class Stage(torch.nn.Module):
+    """A U-Net plus everything needed to sample from it (schedule, parameterisation, defaults)."""
+
+    def __init__(self, config: StageConfig, unet: torch.nn.Module | None = None):
+        super().__init__()
+        if config.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {config.sampler!r}; choose one of {sorted(SAMPLERS)}")
+        self.config = config
+        self.schedule = make_schedule(config.schedule)
+        self.lowres_schedule = make_schedule(config.lowres_schedule)
+        self.parameterization = config.parameterization
+        if unet is None:
+            cfg_cls, net_cls = _unet_classes(config.unet_kind)
+            unet = net_cls(from_dict(cfg_cls, config.unet, where="unet"))
+        self.unet = unet
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    def model(self, x: Tensor, t: Tensor, cond: dict) -> Denoised:
+        """The denoiser contract: x_t, t (schedule units) and conditioning -> Denoised."""
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        lowres_t = cond.get("lowres_t")
+        out = self.unet(
+            x,
+            self.schedule.model_time(t),
+            cond["text_embeds"],
+            cond.get("text_mask"),
+            lowres=cond.get("lowres"),
+            lowres_t=None if lowres_t is None else self.lowres_schedule.model_time(lowres_t),
+        )
+        return self.parameterization.to_denoised(out.float(), x, alpha, sigma)
+
+    def augment_lowres(self, lowres: Tensor, aug_t: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Upsample the previous stage's image and noise it to level `aug_t` (noise-conditioning augmentation)."""
+        r = self.resolution
+        up = F.interpolate(lowres, size=(r, r), mode="bilinear", align_corners=False)
+        t = torch.full((up.shape[0],), float(aug_t), device=up.device)
+        alpha, sigma = self.lowres_schedule.alpha_sigma(t)
+        noise = _randn(up.shape, generator, up.device)
+        return alpha.view(-1, 1, 1, 1) * up + sigma.view(-1, 1, 1, 1) * noise, t
+
+
+def _randn(shape, generator: torch.Generator | None, device) -> Tensor:
+    # Drawn on the generator's device, then moved: the same numbers on CPU and GPU for one seed.
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cascade
+
+
+@dataclass
+class CascadeOutput:
+    images: list[Tensor]                    # one (B, 3, H, W) tensor in [-1, 1] per stage run
+    prompts: list[str]
+
+    def pil(self, stage: int = -1):
+        return to_pil(self.images[stage])
+
+
+def to_pil(images: Tensor):
+    from PIL import Image
+
+    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def _per_stage(value, n: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} entries but the cascade has {n} stages; give one per stage")
+        return list(value)
+    return [value] * n
+
+
+class Cascade(torch.nn.Module):
+    def __init__(self, text_encoder: TextEncoder | None, stages: Sequence[Stage]):
+        super().__init__()
+        if not stages:
+            raise ValueError("a cascade needs at least one stage")
+        for i, s in enumerate(stages):
+            if s.config.lowres != (i > 0):
+                what = "needs no low-res input" if i == 0 else "must be a super-resolution stage (lowres=True)"
+                raise ValueError(f"stage {i} {what}; check the order of the stages")
+        self.text_encoder = text_encoder
+        self.stages = torch.nn.ModuleList(stages)
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        negative_prompt: str | Sequence[str] | None = None,
+        num_images: int = 1,
+        steps: int | Sequence[int] | None = None,
+        guidance: float | Sequence[float] | None = None,
+        sampler: str | Sequence[str] | None = None,
+        lowres_aug: float | Sequence[float] | None = None,
+        seed: int = 0,
+        stop_at: int | None = None,
+        text_embeds: tuple[Tensor, Tensor] | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        progress: bool = True,
+    ) -> CascadeOutput:
+        """Run every stage in order. Same seed, same arguments -> identical images."""
+        n = len(self.stages) if stop_at is None else stop_at
+        if not 1 <= n <= len(self.stages):
+            raise ValueError(f"stop_at={stop_at} is outside 1..{len(self.stages)}")
+        prompts = check_prompts(prompts)
+        if any(not p.strip() for p in prompts) and text_embeds is None:
+            raise ValueError("empty prompt: give a text description of the image")
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}")
+        steps = _per_stage(steps, n, "steps")
+        guidance = _per_stage(guidance, n, "guidance")
+        sampler = _per_stage(sampler, n, "sampler")
+        lowres_aug = _per_stage(lowres_aug, n, "lowres_aug")
+        for s in steps:
+            if s is not None and (not isinstance(s, int) or s < 1):
+                raise ValueError(f"steps must be a positive integer, got {s!r}")
+
+        cond_e, cond_m, unc_e, unc_m = self._encode(prompts, negative_prompt, text_embeds)
+        rep = lambda t: t.repeat_interleave(num_images, dim=0)
+        cond_e, cond_m, unc_e, unc_m = map(rep, (cond_e, cond_m, unc_e, unc_m))
+        device = next(self.parameters()).device
+        generator = torch.Generator("cpu").manual_seed(seed)
+        B = cond_e.shape[0]
+
+        images: list[Tensor] = []
+        prev = None
+        for i in range(n):
+            stage: Stage = self.stages[i]
+            cfg = stage.config
+            name = sampler[i] or cfg.sampler
+            if name not in SAMPLERS:
+                raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+            r = stage.resolution
+            x = _randn((B, 3, r, r), generator, device)
+            cond = {"text_embeds": cond_e.to(device), "text_mask": cond_m.to(device)}
+            uncond = {"text_embeds": unc_e.to(device), "text_mask": unc_m.to(device)}
+            if cfg.lowres:
+                aug = cfg.lowres_aug if lowres_aug[i] is None else lowres_aug[i]
+                low, low_t = stage.augment_lowres(prev, aug, generator)
+                for c in (cond, uncond):
+                    c["lowres"], c["lowres_t"] = low, low_t
+            denoise = classifier_free_guidance(self._model_fn(stage, autocast_dtype), cond, uncond,
+                                               cfg.guidance if guidance[i] is None else guidance[i])
+            if cfg.threshold == "dynamic":
+                denoise = dynamic_threshold(denoise, stage.schedule, cfg.threshold_percentile, cfg.threshold_max)
+            elif cfg.threshold == "static":
+                denoise = static_threshold(denoise, stage.schedule)
+            ts = stage.schedule.timesteps(steps[i] or cfg.steps).to(device)
+            bar = _progress(len(ts), f"stage {i} ({r}px)", progress)
+            x = SAMPLERS[name](denoise, x, stage.schedule, ts, generator=generator,
+                               callback=lambda *_: bar.update(1))
+            bar.close()
+            prev = x.clamp(-1, 1)
+            images.append(prev)
+        return CascadeOutput(images=images, prompts=[p for p in prompts for _ in range(num_images)])
+
+    def _model_fn(self, stage: Stage, autocast_dtype):
+        if autocast_dtype is None:
+            return stage.model
+        device_type = next(stage.parameters()).device.type
+
+        def model(x, t, cond):
+            with torch.autocast(device_type, dtype=autocast_dtype):
+                return stage.model(x, t, cond)
+
+        return model
+
+    def _encode(self, prompts, negative_prompt, text_embeds):
+        if text_embeds is not None:
+            e, m = text_embeds
+            if e.shape[0] != len(prompts):
+                raise ValueError(f"text_embeds has {e.shape[0]} rows for {len(prompts)} prompts")
+            if self.text_encoder is None:
+                raise ValueError("precomputed prompt embeddings need a text encoder for the unconditional branch")
+        else:
+            if self.text_encoder is None:
+                raise ValueError("this cascade has no text encoder: pass text_embeds=(embeds, mask)")
+            e, m = self.text_encoder.encode(prompts)
+        negs = [""] * len(prompts) if negative_prompt is None else check_prompts(negative_prompt)
+        if len(negs) == 1 and len(prompts) > 1:
+            negs = negs * len(prompts)
+        if len(negs) != len(prompts):
+            raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts; give one or one each")
+        ue, um = self.text_encoder.encode(negs)
+        # Pad both to one length so cond and uncond stack into one batch for guidance.
+        L = max(e.shape[1], ue.shape[1])
+        return _pad(e, L), _pad(m, L), _pad(ue, L), _pad(um, L)
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write `cascade.json` and one `stage_K/{config.json, model.safetensors}` per stage."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        for k, stage in enumerate(self.stages):
+            d = folder / f"stage_{k}"
+            d.mkdir(exist_ok=True)
+            save_json(to_dict(stage.config), d / "config.json")
+            state = {n: t.detach().contiguous() for n, t in stage.unet.state_dict().items()}
+            tmp = d / "model.safetensors.tmp"
+            save_file(state, str(tmp), metadata={"format": "pt"})
+            os.replace(tmp, d / "model.safetensors")
+            names.append(d.name)
+        spec = self.text_encoder.spec() if self.text_encoder is not None else None
+        save_json({"format": FORMAT, "version": 1, "text_encoder": spec, "stages": names}, folder / "cascade.json")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        text_encoder: TextEncoder | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> "Cascade":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelFolderError(f"model folder {folder} does not exist; pass a folder written by save_pretrained or `openimagen train`")
+        index_path = folder / "cascade.json"
+        if not index_path.is_file():
+            raise ModelFolderError(f"{folder} has no cascade.json: it is not an openimagen model folder")
+        index = load_json(index_path)
+        if index.get("format") != FORMAT:
+            raise ModelFolderError(f"{index_path} is not an openimagen cascade index (format={index.get('format')!r})")
+        stages = [_load_stage(folder / name, device, dtype) for name in index["stages"]]
+        if text_encoder is None and index.get("text_encoder") is not None:
+            text_encoder = text_encoder_from_spec(index["text_encoder"])
+        return cls(text_encoder, stages)
+
+
+def _pad(t: Tensor, L: int) -> Tensor:
+    if t.shape[1] == L:
+        return t
+    pad = [0, 0] * (t.dim() - 2) + [0, L - t.shape[1]]
+    return F.pad(t, pad)
+
+
+def _load_stage(d: Path, device, dtype) -> Stage:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not d.is_dir():
+        raise ModelFolderError(f"stage folder {d} is missing; the model folder is incomplete")
+    cfg_path, weights = d / "config.json", d / "model.safetensors"
+    if not cfg_path.is_file():
+        raise ModelFolderError(f"{cfg_path} is missing; the stage cannot be built without it")
+    if not weights.is_file():
+        raise ModelFolderError(f"{weights} is missing; copy the weights back or re-save the model")
+    config = from_dict(StageConfig, load_json(cfg_path), where=str(cfg_path))
+    cfg_cls, net_cls = _unet_classes(config.unet_kind)
+    unet_cfg = from_dict(cfg_cls, config.unet, where=f"{cfg_path}: unet")
+    with torch.device("meta"):  # no time spent on random init that the weights overwrite
+        unet = net_cls(unet_cfg)
+    stage = Stage(config, unet)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFolderError(f"{weights} is corrupt or not a safetensors file ({e}); re-download or re-save it") from None
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    result = stage.unet.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelFolderError(
+            f"{weights} does not match {cfg_path}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    # Invariant: every U-Net keeps all of its state in the state dict (no non-persistent buffers).
+    assert not any(b.is_meta for b in stage.unet.buffers()), "a U-Net buffer is not saved in its weights"
+    return stage.to(device).eval()
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)

