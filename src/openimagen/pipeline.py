@@ -166,6 +166,35 @@ class Cascade(torch.nn.Module):
         self.text_encoder = text_encoder
         self.stages = torch.nn.ModuleList(stages)
 
+    @classmethod
+    def build(
+        cls,
+        text_encoder: TextEncoder,
+        stages: Sequence[tuple[str, int]],
+        *,
+        seed: int = 0,
+        **stage_options,
+    ) -> "Cascade":
+        """A fresh (untrained) cascade from U-Net preset names and resolutions.
+
+        `Cascade.build(MiniLMEncoder(), [("tiny", 16), ("tiny", 32)])`; `stage_options` are StageConfig
+        fields applied to every stage (e.g. steps=20, sampler="ddim").
+        """
+        from .nn.efficient_unet import PRESETS
+
+        torch.manual_seed(seed)
+        built = []
+        for i, (preset, resolution) in enumerate(stages):
+            if preset not in PRESETS:
+                raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(PRESETS)}")
+            param = stage_options.get("parameterization", Parameterization())
+            unet_cfg = PRESETS[preset](
+                text_embed_dim=text_encoder.dim, lowres_cond=i > 0, out_channels=param.out_channels(3)
+            )
+            config = StageConfig(resolution=resolution, unet=to_dict(unet_cfg), lowres=i > 0, **stage_options)
+            built.append(Stage(config))
+        return cls(text_encoder, built)
+
     # -- sampling --------------------------------------------------------------------------------
 
     @torch.no_grad()

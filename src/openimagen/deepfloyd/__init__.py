@@ -1,0 +1,1 @@
+"""DeepFloyd IF checkpoints (diffusers format) on the openimagen engine."""
