@@ -1,0 +1,263 @@
+"""Building blocks of the DeepFloyd IF U-Net, named so diffusers' state-dict keys load unchanged.
+
+Every attribute name below is a key fragment of a diffusers `UNet2DConditionModel` checkpoint
+(`norm1`, `conv1`, `time_emb_proj`, `to_q`, `add_k_proj`, `to_out.0`, ...); see
+shared/reference/deepfloyd_if.md §2 for the math these modules reproduce.
+
+The architecture is the guided-diffusion U-Net (Dhariwal & Nichol 2021, "Diffusion Models Beat
+GANs", §3) with scale-shift (FiLM) time conditioning, resnet up/down-sampling, and IF's
+"added-KV" attention in which every image position attends over the text tokens and the
+image positions in one softmax (text keys first).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding `[cos(t f_i), sin(t f_i)]`, `f_i = exp(-ln(P) i / half)`; (B,) -> (B, dim) fp32.
+
+    Always computed in float32 (a fp16 `t * f` loses the low bits of t = 999); the caller casts.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(exponent / half)
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """MLP on the sinusoid: linear_1 -> GELU -> linear_2 (keys `time_embedding.*`, `class_embedding.*`)."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_2(F.gelu(self.linear_1(x)))
+
+
+class AttentionPooling(nn.Module):
+    """One learned query (the token mean plus a position vector) attends over [query; tokens]."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"text width {dim} is not divisible by addition_embed_type_num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.positional_embedding = nn.Parameter(torch.randn(1, dim) / dim**0.5)
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, L, D) -> (B, D)
+        B, _, D = x.shape
+        cls = x.mean(dim=1, keepdim=True) + self.positional_embedding.to(x.dtype)  # (B, 1, D); all L tokens, no mask
+        x = torch.cat([cls, x], dim=1)  # (B, 1+L, D)
+        q = self.q_proj(cls).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, 1, d)
+        k = self.k_proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, 1+L, d)
+        v = self.v_proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, h, 1, d); scale 1/sqrt(d) as in IF
+        return a.reshape(B, D)  # heads concatenated head-major
+
+
+class TextTimeEmbedding(nn.Module):
+    """IF's pooled-text embedding added to the time embedding (key `add_embedding.*`), §2.2."""
+
+    def __init__(self, text_dim: int, time_dim: int, num_heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(text_dim)
+        self.pool = AttentionPooling(text_dim, num_heads)
+        self.proj = nn.Linear(text_dim, time_dim)
+        self.norm2 = nn.LayerNorm(time_dim)
+
+    def forward(self, text: Tensor) -> Tensor:  # (B, L, Dt) -> (B, T)
+        return self.norm2(self.proj(self.pool(self.norm1(text))))
+
+
+# ----------------------------------------------------------------------------- resnet
+
+
+class ResnetBlock(nn.Module):
+    """Pre-norm residual block with FiLM time conditioning; optionally resamples by 2 (§2.3).
+
+    `emb` arrives already passed through GELU when the config says so (`resnet_skip_time_act=False`):
+    the U-Net applies it once instead of once per block.
+    """
+
+    def __init__(self, cin: int, cout: int, temb: int, *, groups: int, eps: float, out_scale: float = 1.0,
+                 dropout: float = 0.0, resample: str | None = None):
+        super().__init__()
+        assert resample in (None, "up", "down")
+        self.resample = resample
+        self.out_scale = out_scale
+        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb, 2 * cout)  # -> (scale, shift)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+        nn.init.zeros_(self.conv2.weight)  # start as identity (guided-diffusion's zero_module); checkpoints overwrite
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor, emb: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        h = F.gelu(self.norm1(x))  # (B, Cin, H, W)
+        if self.resample == "up":  # nearest x2, or to `size` so odd skip sizes still line up
+            x = _upsample(x, size)
+            h = _upsample(h, size)
+        elif self.resample == "down":
+            x = F.avg_pool2d(x, 2)
+            h = F.avg_pool2d(h, 2)
+        h = self.conv1(h)  # (B, Cout, H', W')
+        scale, shift = self.time_emb_proj(emb)[:, :, None, None].chunk(2, dim=1)  # (B, Cout, 1, 1) each
+        h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.gelu(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        out = x + h
+        if self.out_scale != 1.0:  # IF-II: skip-scaled residuals, written as a division like the checkpoints' config
+            out = out.div_(self.out_scale)
+        return out
+
+
+def _upsample(x: Tensor, size: tuple[int, int] | None) -> Tensor:
+    if size is None:
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class AddedKVAttention(nn.Module):
+    """Self-attention over image positions with text keys/values prepended (§2.4).
+
+    q from the image; K = [add_k_proj(text); to_k(image)], V likewise (text first). With
+    `only_cross_attention` the image contributes no keys and `to_k`/`to_v` do not exist.
+    """
+
+    def __init__(self, dim: int, text_dim: int, head_dim: int, *, groups: int, only_cross: bool,
+                 text_norm: bool):
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"attention width {dim} is not divisible by attention_head_dim={head_dim}")
+        self.heads = dim // head_dim
+        self.group_norm = nn.GroupNorm(groups, dim, eps=1e-5)  # diffusers' Attention keeps eps 1e-5 whatever norm_eps
+        self.norm_cross = nn.GroupNorm(32, text_dim, eps=1e-5) if text_norm else None  # always 32 groups
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = None if only_cross else nn.Linear(dim, dim)
+        self.to_v = None if only_cross else nn.Linear(dim, dim)
+        self.add_k_proj = nn.Linear(text_dim, dim)
+        self.add_v_proj = nn.Linear(text_dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        nn.init.zeros_(self.to_out[0].weight)
+        nn.init.zeros_(self.to_out[0].bias)
+
+    def forward(self, x: Tensor, ctx: Tensor) -> Tensor:  # x (B, C, H, W), ctx (B, L, Dc)
+        B, C, H, W = x.shape
+        if self.norm_cross is not None:  # GroupNorm over text channels, per token
+            ctx = self.norm_cross(ctx.transpose(1, 2)).transpose(1, 2)
+        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C), a view
+        q = self.to_q(h)
+        k = self.add_k_proj(ctx)  # (B, L, C)
+        v = self.add_v_proj(ctx)
+        if self.to_k is not None:
+            k = torch.cat([k, self.to_k(h)], dim=1)  # (B, L+HW, C)
+            v = torch.cat([v, self.to_v(h)], dim=1)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, h, N, d)
+        o = F.scaled_dot_product_attention(q, k, v)  # (B, h, HW, d)
+        o = self.to_out[0](o.transpose(1, 2).flatten(2))  # (B, HW, C)
+        # residual add straight from the (B, HW, C) layout: one pass, no separate transpose copy
+        return x + o.transpose(1, 2).unflatten(2, (H, W))
+
+
+# ----------------------------------------------------------------------------- U-Net levels
+
+
+class DownBlock(nn.Module):
+    """One encoder level: resnets (each followed by attention when `attn`), then a downsampling resnet.
+
+    Keys: `resnets.i`, `attentions.i` (SimpleCrossAttnDownBlock2D only), `downsamplers.0`.
+    Pushes a skip after every resnet(+attention) and after the downsampler.
+    """
+
+    def __init__(self, cin: int, cout: int, n: int, *, attn: bool, downsample: bool, temb: int,
+                 groups: int, eps: float, out_scale: float, dropout: float, text_dim: int, head_dim: int,
+                 only_cross: bool, text_norm: bool):
+        super().__init__()
+        res = dict(temb=temb, groups=groups, eps=eps, out_scale=out_scale, dropout=dropout)
+        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, **res) for i in range(n)])
+        self.attentions = nn.ModuleList(
+            [AddedKVAttention(cout, text_dim, head_dim, groups=groups, only_cross=only_cross, text_norm=text_norm)
+             for _ in range(n)]) if attn else None
+        self.downsamplers = nn.ModuleList([ResnetBlock(cout, cout, resample="down", **res)]) if downsample else None
+
+    def forward(self, h: Tensor, emb: Tensor, ctx: Tensor) -> tuple[Tensor, list[Tensor]]:
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            h = resnet(h, emb)
+            if self.attentions is not None:
+                h = self.attentions[i](h, ctx)
+            skips.append(h)
+        if self.downsamplers is not None:
+            h = self.downsamplers[0](h, emb)
+            skips.append(h)
+        return h, skips
+
+
+class MidBlock(nn.Module):
+    """resnet -> attention -> resnet at the lowest resolution (UNetMidBlock2DSimpleCrossAttn)."""
+
+    def __init__(self, c: int, *, temb: int, groups: int, eps: float, out_scale: float, dropout: float,
+                 text_dim: int, head_dim: int, only_cross: bool, text_norm: bool):
+        super().__init__()
+        res = dict(temb=temb, groups=groups, eps=eps, out_scale=out_scale, dropout=dropout)
+        self.resnets = nn.ModuleList([ResnetBlock(c, c, **res), ResnetBlock(c, c, **res)])
+        self.attentions = nn.ModuleList(
+            [AddedKVAttention(c, text_dim, head_dim, groups=groups, only_cross=only_cross, text_norm=text_norm)])
+
+    def forward(self, h: Tensor, emb: Tensor, ctx: Tensor) -> Tensor:
+        h = self.resnets[0](h, emb)
+        h = self.attentions[0](h, ctx)
+        return self.resnets[1](h, emb)
+
+
+class UpBlock(nn.Module):
+    """One decoder level: n resnets over cat([h, skip]) (+attention), then an upsampling resnet.
+
+    `skip_channels[i]` is the width of the skip consumed by resnet i (popped from the end).
+    Keys: `resnets.i`, `attentions.i` (SimpleCrossAttnUpBlock2D only), `upsamplers.0`.
+    """
+
+    def __init__(self, cin: int, cout: int, skip_channels: list[int], *, attn: bool, upsample: bool, temb: int,
+                 groups: int, eps: float, out_scale: float, dropout: float, text_dim: int, head_dim: int,
+                 only_cross: bool, text_norm: bool):
+        super().__init__()
+        res = dict(temb=temb, groups=groups, eps=eps, out_scale=out_scale, dropout=dropout)
+        self.resnets = nn.ModuleList(
+            [ResnetBlock((cin if i == 0 else cout) + s, cout, **res) for i, s in enumerate(skip_channels)])
+        self.attentions = nn.ModuleList(
+            [AddedKVAttention(cout, text_dim, head_dim, groups=groups, only_cross=only_cross, text_norm=text_norm)
+             for _ in skip_channels]) if attn else None
+        self.upsamplers = nn.ModuleList([ResnetBlock(cout, cout, resample="up", **res)]) if upsample else None
+
+    def forward(self, h: Tensor, skips: list[Tensor], emb: Tensor, ctx: Tensor,
+                size: tuple[int, int] | None = None) -> Tensor:
+        for i, resnet in enumerate(self.resnets):
+            h = resnet(torch.cat([h, skips[-1 - i]], dim=1), emb)  # (B, C + Cskip, H, W) -> (B, Cout, H, W)
+            if self.attentions is not None:
+                h = self.attentions[i](h, ctx)
+        if self.upsamplers is not None:
+            h = self.upsamplers[0](h, emb, size)
+        return h
