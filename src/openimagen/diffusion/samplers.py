@@ -1,0 +1,123 @@
+"""Samplers: pure functions `sample(denoise, x, schedule, ts, ...) -> x0`, one per paper.
+
+Each walks the descending timesteps `ts` and, after the last entry, steps to the clean state
+(alpha = 1, sigma = 0; what diffusers calls prev_t = -1). Any number of steps on any schedule.
+The sampler state is kept in at least float32; the result has that dtype.
+Noise is drawn only on steps whose next state is not clean, on the generator's device in float32 and
+then moved (diffusers' `randn_tensor`), so seeded runs reproduce diffusers' DDPM scheduler draw for draw.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .parameterization import Denoiser, expand_like, learned_range_logvar
+from .schedules import Schedule, as_timesteps, gaussian_posterior
+
+Callback = Callable[[int, Tensor, Tensor], None]  # callback(i, t (0-d), x after step i)
+
+
+def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x)
+
+
+def _steps(x: Tensor, schedule: Schedule, ts):
+    """Yield (i, t (B,), (alpha_t, sigma_t), (alpha_s, sigma_s), last) for each step t -> s, all (B,1,1,1)."""
+    ts = as_timesteps(schedule, ts).to(x.device)
+    B = x.shape[0]
+    for i in range(len(ts)):
+        t = ts[i].expand(B)
+        a_t, s_t = (expand_like(c, x) for c in schedule.alpha_sigma(t))
+        last = i == len(ts) - 1
+        if last:  # the clean state
+            a_s, s_s = torch.ones_like(a_t), torch.zeros_like(s_t)
+        else:
+            a_s, s_s = (expand_like(c, x) for c in schedule.alpha_sigma(ts[i + 1].expand(B)))
+        yield i, t, (a_t, s_t), (a_s, s_s), last
+
+
+def _start(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] | Tensor, *,
+         generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+    """Ancestral sampling, Ho et al. 2020 (Algorithm 2) on an arbitrary sub-chain ts.
+
+    Each step draws x_s ~ q(x_s | x_t, x0_hat): posterior mean, and either the posterior variance or, when
+    the denoiser returns `var_interp`, the learned-range variance of Nichol & Dhariwal 2021 (eq. 15),
+    with beta = 1 - abar_t/abar_s of the respaced chain (DeepFloyd IF, diffusers' "learned_range").
+    """
+    x = _start(x)
+    for i, t, (a_t, s_t), (a_s, s_s), last in _steps(x, schedule, ts):
+        d = denoise(x, t)
+        c_x0, c_xt, var, beta = gaussian_posterior(a_t, s_t, a_s, s_s)
+        x = c_x0 * d.x0 + c_xt * x                                     # posterior mean
+        if not last:  # going to the clean state has zero variance: no noise (diffusers: only when t > 0)
+            noise = _randn(x, generator)
+            if d.var_interp is not None:
+                std = torch.exp(0.5 * learned_range_logvar(d.var_interp, beta, var))
+            else:
+                std = var.clamp_min(1e-20).sqrt()
+            x = x + std * noise
+        if callback is not None:
+            callback(i, t[0], x)
+    return x
+
+
+def ddim(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] | Tensor, *, eta: float = 0.0,
+         generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+    """DDIM, Song et al. 2021 (eq. 12 and 16): deterministic at eta = 0, DDPM-like variance at eta = 1.
+
+    x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z,  c = eta * (sigma_s/sigma_t) * sqrt(1 - abar_t/abar_s).
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM variance), got {eta}")
+    x = _start(x)
+    for i, t, (a_t, s_t), (a_s, s_s), last in _steps(x, schedule, ts):
+        d = denoise(x, t)
+        beta = (s_t**2 - s_s**2) / a_s**2                              # 1 - abar_t / abar_s
+        c = eta * (s_s / s_t) * beta.clamp_min(0).sqrt()
+        x = a_s * d.x0 + (s_s**2 - c**2).clamp_min(0).sqrt() * d.eps
+        if eta > 0 and not last:
+            x = x + c * _randn(x, generator)
+        if callback is not None:
+            callback(i, t[0], x)
+    return x
+
+
+def dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] | Tensor, *,
+             generator: torch.Generator | None = None, callback: Callback | None = None) -> Tensor:
+    """DPM-Solver++(2M), Lu et al. 2022 (Algorithm 2), data prediction, multistep, in lambda = logsnr / 2.
+
+    x_s = (sigma_s/sigma_t) x_t - alpha_s expm1(-h) D,  h = lambda_s - lambda_t,
+    D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_prev,  r = h_prev / h  (first order on the first step).
+    The final step to sigma = 0 has h = inf; its first-order update is x = x0_hat.
+    `generator` is unused (the solver is deterministic); it is accepted so all samplers share one signature.
+    """
+    x = _start(x)
+    ts = as_timesteps(schedule, ts).to(x.device)
+    x0_prev, h_prev = None, None
+    for i, t, (a_t, s_t), (a_s, s_s), last in _steps(x, schedule, ts):
+        d = denoise(x, t)
+        if last:
+            x = d.x0
+        else:
+            lam_t = expand_like(schedule.logsnr(t), x) / 2
+            lam_s = expand_like(schedule.logsnr(ts[i + 1].expand(x.shape[0])), x) / 2
+            h = lam_s - lam_t
+            D = d.x0
+            if x0_prev is not None:
+                r = h_prev / h
+                D = (1 + 1 / (2 * r)) * d.x0 - (1 / (2 * r)) * x0_prev
+            x = (s_s / s_t) * x - a_s * torch.expm1(-h) * D
+            x0_prev, h_prev = d.x0, h
+        if callback is not None:
+            callback(i, t[0], x)
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
