@@ -265,5 +265,5 @@ def test_tiny_unet_overfits_one_batch():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    print(f"\n  overfit: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    print(f"\n  overfit: loss {losses[0]:.3g} -> {losses[-1]:.3g}")
     assert losses[-1] < losses[0] / 10
