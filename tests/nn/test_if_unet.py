@@ -247,6 +247,25 @@ def test_folder_without_config(tmp_path):
         IFUNet.from_pretrained(tmp_path / "nowhere")
 
 
+def test_folder_without_weights(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(DUMMY_I))
+    with pytest.raises(IFCheckpointError, match="no diffusion_pytorch_model.*safetensors"):
+        IFUNet.from_pretrained(tmp_path)
+
+
+def test_bin_fallback_is_read_weights_only(tmp_path):
+    ref = diffusers_unet(DUMMY_I)
+    ref.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "diffusion_pytorch_model.bin").is_file()
+    ours = IFUNet.from_pretrained(tmp_path)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"not a zip file")
+    with pytest.raises(IFCheckpointError, match="not a readable tensor file"):
+        IFUNet.from_pretrained(tmp_path)
+
+
 def test_folder_with_an_unsupported_config(tmp_path):
     d = tmp_path / "unet"
     d.mkdir()

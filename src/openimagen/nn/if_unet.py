@@ -367,28 +367,24 @@ _WEIGHTS = "diffusion_pytorch_model"
 
 def _find_unet_dir(path: Path) -> Path:
     for d in (path, path / "unet"):
-        if (d / "config.json").is_file() and any(d.glob(_WEIGHTS + "*")):
+        if (d / "config.json").is_file():
             return d
-    if not path.exists():
-        raise IFCheckpointError(f"{path} does not exist; expected a diffusers IF folder: {_LAYOUT}")
-    raise IFCheckpointError(f"{path} is not a diffusers IF U-Net folder; expected {_LAYOUT}")
+    what = "does not exist" if not path.exists() else "has neither config.json nor unet/config.json"
+    raise IFCheckpointError(f"{path} {what}; expected a diffusers IF folder: {_LAYOUT}")
 
 
 def _weight_files(d: Path, prefer_half: bool) -> list[Path]:
-    """The weight files to read, full-precision variant first unless the target dtype is half."""
-    variants = ["", ".fp16"][::-1 if prefer_half else 1]
-    for variant in variants:
-        for ext in (".safetensors", ".bin"):
+    """The weight files to read: safetensors before .bin; full precision first unless the target is half."""
+    for ext in (".safetensors", ".bin"):
+        for variant in ([".fp16", ""] if prefer_half else ["", ".fp16"]):
             index = d / f"{_WEIGHTS}{variant}{ext}.index.json"
             if index.is_file():
                 try:
-                    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-                except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                    return [d / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+                except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
                     raise IFCheckpointError(f"{index} is not a valid shard index ({e!r})") from None
-                return [d / s for s in shards]
-            single = d / f"{_WEIGHTS}{variant}{ext}"
-            if single.is_file():
-                return [single]
+            if (d / f"{_WEIGHTS}{variant}{ext}").is_file():
+                return [d / f"{_WEIGHTS}{variant}{ext}"]
     raise IFCheckpointError(f"no {_WEIGHTS}*.safetensors in {d}; expected {_LAYOUT}")
 
 
@@ -400,9 +396,12 @@ def _read_state_dict(d: Path, expected: dict[str, tuple], *, dtype: torch.dtype,
     for f in _weight_files(d, prefer_half=dtype in (torch.float16, torch.bfloat16)):
         if not f.is_file():
             raise IFCheckpointError(f"shard {f.name} named by the index is missing from {d}")
-        if f.suffix == ".bin":  # legacy pickle container: tensors only, never code
-            for k, v in torch.load(f, map_location="cpu", weights_only=True, mmap=True).items():
-                state[k] = v.to(device=device, dtype=dtype)
+        if f.suffix == ".bin":  # legacy pickle container: tensors only (weights_only), never code
+            try:
+                loaded = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 (pickle and zip errors come in many types)
+                raise IFCheckpointError(f"{f} is not a readable tensor file ({e}); re-download it") from None
+            state.update((k, v.to(device=device, dtype=dtype)) for k, v in loaded.items())
             continue
         try:
             with safe_open(str(f), framework="pt", device="cpu") as sf:
