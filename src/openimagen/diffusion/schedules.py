@@ -276,11 +276,12 @@ def gaussian_posterior(alpha_t: Tensor, sigma_t: Tensor, alpha_s: Tensor, sigma_
     """q(x_s | x_t, x0) for s < t (Ho et al. 2020, eq. 6-7), in alpha/sigma form.
 
     Returns (c_x0, c_xt, var, beta) with mean = c_x0 * x0 + c_xt * x_t, variance `var` (the "fixed small"
-    DDPM variance) and beta = 1 - abar_t / abar_s (the "fixed large" one). beta is written as
-    (sigma_t^2 - sigma_s^2) / alpha_s^2, which stays accurate in float32 where abar is close to 1.
+    DDPM variance) and beta = 1 - abar_t / abar_s (the "fixed large" one). In float32, beta is taken as
+    (sigma_t^2 - sigma_s^2) / alpha_s^2 near the clean end (1 - abar_t/abar_s cancels there) and as
+    1 - (alpha_t/alpha_s)^2 near the noisy end (where the sigma form cancels).
     The clean state s is alpha_s = 1, sigma_s = 0 (then var = 0 and the mean is x0).
     """
-    beta = (sigma_t**2 - sigma_s**2) / alpha_s**2
+    beta = torch.where(sigma_t < alpha_s, (sigma_t**2 - sigma_s**2) / alpha_s**2, 1 - (alpha_t / alpha_s) ** 2)
     c_x0 = alpha_s * beta / sigma_t**2
     c_xt = (alpha_t / alpha_s) * sigma_s**2 / sigma_t**2
     var = sigma_s**2 / sigma_t**2 * beta
