@@ -1,0 +1,261 @@
+"""Crash-safe training checkpoints: a SIGKILL at any instant leaves the last good one intact.
+
+Layout under `out_dir/checkpoints/`:
+    latest                       text file naming the newest checkpoint folder, e.g. "step-0000500"
+    step-0000500/
+        state.json               counters, data position, EMA update counts, the TrainConfig
+        stage_K/model.safetensors    raw weights           (fp32)
+        stage_K/ema.safetensors      EMA weights
+        stage_K/optim.safetensors    optimizer tensors, flattened to "state.<param>.<name>"
+        stage_K/optim.json           optimizer param groups and non-tensor state
+Nothing is pickled: optimizer state is tensors + JSON.
+
+Why it survives a kill wherever it lands:
+1. everything is written into `.tmp-step-...`, each file fsynced, `state.json` last;
+2. the folder is renamed into place (`os.replace`, atomic on POSIX) and the parent fsynced;
+3. `latest` is rewritten by write-tmp + fsync + `os.replace`;
+4. old checkpoints are first renamed to `.trash-...` (atomic), then deleted,
+so a `step-*` folder is always complete, and `latest` names a complete folder or, if it is stale or
+missing, `find_checkpoint` falls back to the newest `step-*` folder that has a readable state.json.
+Leftover `.tmp-*` / `.trash-*` folders are ignored and swept away.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+LATEST = "latest"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+# Test hook: "SECONDS" or "SECONDS@STEP": sleep in the middle of writing a checkpoint (of that step),
+# so a test can kill the process there.
+SLOW_ENV = "OPENIMAGEN_TEST_CHECKPOINT_SLEEP"
+
+
+def _test_sleep(step: int) -> float:
+    value = os.environ.get(SLOW_ENV, "")
+    if not value:
+        return 0.0
+    seconds, _, at = value.partition("@")
+    return float(seconds) if not at or int(at) == step else 0.0
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:  # some file systems cannot fsync a directory; the rename is still atomic
+        pass
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    _fsync_file(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write_text(tmp, text)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizer state <-> tensors + JSON
+
+
+def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """torch optimizer state_dict -> ({"state.<pid>.<name>": tensor}, JSON-ready meta)."""
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{name}"] = v
+            else:
+                scalars[f"{pid}.{name}"] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    tuples = sorted({k for g in sd["param_groups"] for k, v in g.items() if isinstance(v, tuple)})
+    return tensors, {"param_groups": groups, "scalars": scalars, "tuple_keys": tuples}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    groups = [{k: (tuple(v) if k in meta["tuple_keys"] else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# ----------------------------------------------------------------------------------------------
+# save
+
+
+def save_checkpoint(root: str | os.PathLike, step: int, state: dict, stages: list[dict], keep: int) -> Path:
+    """Write one checkpoint atomically; `stages[k]` = {"model": sd, "ema": sd, "optim": optimizer sd}.
+
+    Returns the final folder. Call on the main process only.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:07d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    slow = _test_sleep(step)
+    for k, st in enumerate(stages):
+        d = tmp / f"stage_{k}"
+        d.mkdir()
+        _save_tensors(st["model"], d / "model.safetensors")
+        if slow and k == 0:
+            time.sleep(slow)  # test hook: a kill lands while the checkpoint is half written
+        _save_tensors(st["ema"], d / "ema.safetensors")
+        tensors, meta = flatten_optimizer(st["optim"])
+        _save_tensors(tensors, d / "optim.safetensors")
+        _write_text(d / "optim.json", json.dumps(meta))
+        _fsync_dir(d)
+    _write_text(tmp / "state.json", json.dumps(state, indent=1, sort_keys=True))  # last: marks the folder whole
+    _fsync_dir(tmp)
+    if final.exists():  # a re-save of the same step (e.g. a resumed run that ends where it started)
+        _remove(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    atomic_write_text(root / LATEST, name + "\n")
+    prune_checkpoints(root, keep)
+    return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder so that no half-deleted `step-*` folder is ever visible."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoint folders (step, path), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
+    root = Path(root)
+    latest = _read_latest(root)
+    ckpts = list_checkpoints(root)
+    for _, p in ckpts[: max(0, len(ckpts) - keep)]:
+        if latest is None or p.resolve() != latest.resolve():
+            _remove(p)
+    for p in root.iterdir():  # leftovers of killed writes and deletes (ours or an earlier process's)
+        if p.name.startswith((".tmp-step-", ".trash-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# load
+
+
+def _read_latest(root: Path) -> Path | None:
+    try:
+        name = (root / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root / name if STEP_DIR.match(name) else None
+
+
+def _readable(path: Path) -> dict | None:
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def find_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The folder to resume from: what `latest` names, else the newest complete `step-*` folder."""
+    root = Path(root)
+    latest = _read_latest(root)
+    if latest is not None and latest.is_dir() and _readable(latest) is not None:
+        return latest
+    for _, p in reversed(list_checkpoints(root)):
+        if _readable(p) is not None:
+            return p
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, num_stages: int) -> tuple[dict, list[dict]]:
+    """(state, [{"model": sd, "ema": sd, "optim": optimizer sd}, ...]) from a checkpoint folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state = _readable(path)
+    if state is None:
+        raise ValueError(f"checkpoint {path} has no readable state.json; delete it to resume from an older one")
+    stages = []
+    for k in range(num_stages):
+        d = path / f"stage_{k}"
+        try:
+            stages.append({
+                "model": load_file(str(d / "model.safetensors")),
+                "ema": load_file(str(d / "ema.safetensors")),
+                "optim": unflatten_optimizer(load_file(str(d / "optim.safetensors")),
+                                             json.loads((d / "optim.json").read_text(encoding="utf-8"))),
+            })
+        except (OSError, ValueError, SafetensorError) as e:
+            raise ValueError(f"checkpoint {path} is damaged at {d.name} ({e}); delete it to resume from an older one") from None
+    return state, stages
+
+
+# ----------------------------------------------------------------------------------------------
+# the shipped model folder
+
+
+def publish_model(cascade, out_dir: str | os.PathLike, name: str = "model") -> Path:
+    """`cascade.save_pretrained(out_dir/name)` without ever leaving a half-written `name` folder."""
+    out_dir = Path(out_dir)
+    final = out_dir / name
+    tmp = out_dir / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    cascade.save_pretrained(tmp)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            _fsync_file(f)
+    if final.exists():
+        _remove(final)
+    os.replace(tmp, final)
+    _fsync_dir(out_dir)
+    return final

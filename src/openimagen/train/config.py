@@ -1,0 +1,320 @@
+"""What a training run is: frozen dataclasses, and how a preset + a file + `--set` overrides become one.
+
+A `TrainConfig` describes the whole cascade run (every stage trains in the same process, in one
+command): the text encoder, one `StageTrainConfig` per stage (the `pipeline.StageConfig` that is
+saved with the model, plus how long / how big to train it), the data, the optimiser and the
+bookkeeping (EMA, samples, checkpoints, logs). Defaults live here and nowhere else.
+
+`load_train_config(preset, config_file, overrides)` is what the CLI calls:
+    preset         a name from `TRAIN_PRESETS` (train/presets.py), the starting point
+    config_file    TOML or YAML; a nested mapping merged over the preset (or a complete config);
+                   it may name its own starting point with a top-level `preset = "..."`
+    overrides      ["optim.lr=1e-4", "stages.0.steps=100", ...]: dotted paths checked against the
+                   dataclasses; values parsed as JSON literals when they parse, else kept as strings
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, from_dict, to_dict
+from ..pipeline import StageConfig
+
+DATA_KINDS = ("shapes", "folder", "webdataset")
+PRECISIONS = ("no", "bf16", "fp16")
+ORDERS = ("sequential", "interleaved")
+TEXT_ENCODER_KEYS = {"minilm": {"kind", "max_length"}, "t5": {"kind", "name_or_path", "max_length", "if_style"}}
+
+
+@dataclass(frozen=True)
+class StageTrainConfig:
+    stage: StageConfig                  # architecture, schedules, sampling defaults: saved with the model
+    steps: int = 1000                   # optimiser steps for this stage
+    batch_size: int = 16                # global batch per optimiser step (split over processes and accumulation)
+    lr: float | None = None             # None: optim.lr
+    min_snr_gamma: float | None = 5.0   # Min-SNR-gamma loss weights (Hang et al. 2023); None: plain MSE
+    lowres_aug_max: float | None = None  # SR: train aug level ~ U(0, max) in lowres_schedule units; None: its sample_t
+    crop: int | None = None             # SR: train on random crop x crop patches of the stage resolution
+
+    def __post_init__(self):
+        _positive_int(self.steps, "stages.N.steps")
+        _positive_int(self.batch_size, "stages.N.batch_size")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr={self.lr!r} must be positive (or null to use optim.lr)")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ConfigError(f"min_snr_gamma={self.min_snr_gamma!r} must be positive, or null for plain MSE")
+        if self.crop is not None:
+            _positive_int(self.crop, "crop")
+            if self.crop > self.stage.resolution:
+                raise ConfigError(f"crop={self.crop} is larger than the stage resolution {self.stage.resolution}")
+            if not self.stage.lowres:
+                raise ConfigError("crop is for super-resolution stages only; the base stage sees whole images")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "shapes"                # "shapes" | "folder" | "webdataset"
+    path: str | None = None             # folder / shard spec (the CLI's --data overrides it)
+    size: int = 10_000                  # shapes: number of scenes in the training set
+    seed: int = 0                       # shapes: which scenes; folder/webdataset: crop randomness
+    holdout: bool = True                # shapes: never train on STANDARD_HOLDOUT combinations (for evaluation)
+    missing_captions: str = "error"     # folder: "error" | "skip" | "empty"
+    hflip: bool = False                 # flips turn "a red square left of a circle" into a lie
+    num_workers: int = 0                # DataLoader worker processes
+
+    def __post_init__(self):
+        if self.kind not in DATA_KINDS:
+            raise ConfigError(f"data.kind={self.kind!r} is unknown; choose one of {list(DATA_KINDS)}")
+        _positive_int(self.size, "data.size")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        if self.missing_captions not in ("error", "skip", "empty"):
+            raise ConfigError(f"data.missing_captions={self.missing_captions!r}; choose 'error', 'skip' or 'empty'")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 100             # linear warm-up per stage
+    decay: str = "constant"             # after warm-up: "constant" | "cosine" (to 10% at the stage's last step)
+    grad_clip: float | None = 1.0       # max global grad norm; None: no clipping
+    grad_accum: int = 1                 # micro-batches per optimiser step
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr={self.lr!r} must be positive")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if self.decay not in ("constant", "cosine"):
+            raise ConfigError(f"optim.decay={self.decay!r}; choose 'constant' or 'cosine'")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip={self.grad_clip!r} must be positive or null")
+        _positive_int(self.grad_accum, "optim.grad_accum")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stages: tuple[StageTrainConfig, ...]
+    text_encoder: dict = field(default_factory=lambda: {"kind": "minilm", "max_length": 32})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mixed_precision: str = "no"         # "no" | "bf16" (CPU and GPU) | "fp16" (GPU only)
+    ema_decay: float = 0.999
+    ema_warmup: bool = True             # effective decay min(decay, (1+n)/(10+n)): short runs get a useful EMA
+    caption_dropout: float = 0.1        # trains the unconditional branch (the embedding of "")
+    order: str = "sequential"           # "sequential": stage 0 to the end, then 1, ... | "interleaved": round robin
+    seed: int = 0
+    log_every: int = 10                 # one JSONL line (mean loss of the window) every N steps
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 0               # 0: a sample grid only at the end
+    sample_prompts: tuple[str, ...] = ("a red circle on a gray background", "a blue square above a yellow star")
+    sample_steps: int = 25              # sampler steps per stage for the grids
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ConfigError("stages is empty: a cascade needs at least one stage")
+        for i, s in enumerate(self.stages):
+            if s.stage.lowres != (i > 0):
+                raise ConfigError(f"stages.{i}.stage.lowres must be {i > 0} (stage 0 is the base, the rest super-resolve)")
+            if i and s.stage.resolution <= self.stages[i - 1].stage.resolution:
+                raise ConfigError(f"stage {i} resolution {s.stage.resolution} must exceed stage {i - 1}'s")
+        kind = self.text_encoder.get("kind")
+        if kind not in TEXT_ENCODER_KEYS:
+            raise ConfigError(f"text_encoder.kind={kind!r}; choose one of {sorted(TEXT_ENCODER_KEYS)}")
+        unknown = sorted(set(self.text_encoder) - TEXT_ENCODER_KEYS[kind])
+        if unknown:
+            raise ConfigError(f"unknown key(s) text_encoder.{unknown} for kind {kind!r}; valid keys are "
+                              f"{sorted(TEXT_ENCODER_KEYS[kind])}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(f"mixed_precision={self.mixed_precision!r}; choose one of {list(PRECISIONS)}")
+        if self.order not in ORDERS:
+            raise ConfigError(f"order={self.order!r}; choose one of {list(ORDERS)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+        if not 0 <= self.caption_dropout < 1:
+            raise ConfigError(f"caption_dropout={self.caption_dropout} must be in [0, 1)")
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints", "sample_steps"):
+            _positive_int(getattr(self, name), name)
+        if self.sample_every < 0:
+            raise ConfigError(f"sample_every={self.sample_every} must be >= 0 (0: only at the end)")
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return tuple(s.stage.resolution for s in self.stages)
+
+
+def _positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+
+def with_max_steps(cfg: TrainConfig, max_steps: int | None) -> TrainConfig:
+    """Cap every stage's steps at `max_steps` (smoke runs: every stage still gets trained)."""
+    if max_steps is None:
+        return cfg
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps={max_steps!r} must be a positive integer (or None for the config's steps)")
+    stages = tuple(dataclasses.replace(s, steps=min(s.steps, max_steps)) for s in cfg.stages)
+    return dataclasses.replace(cfg, stages=stages)
+
+
+def validate_unets(cfg: TrainConfig) -> None:
+    """Build each stage's U-Net config (not the network) so a bad key fails before any work starts."""
+    from ..pipeline import _unet_classes
+
+    for i, s in enumerate(cfg.stages):
+        cfg_cls, _ = _unet_classes(s.stage.unet_kind)
+        try:
+            from_dict(cfg_cls, s.stage.unet, where=f"stages.{i}.stage.unet")
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"stages.{i}.stage.unet: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# preset + file + overrides -> TrainConfig
+
+
+def load_train_config(preset: str | None, config_file: str | os.PathLike | None = None,
+                      overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The CLI's entry point: see the module docstring. Every error is a one-line ConfigError."""
+    from .presets import TRAIN_PRESETS
+
+    file_data: dict = {}
+    if config_file is not None:
+        file_data = read_config_file(config_file)
+        file_preset = file_data.pop("preset", None)
+        preset = preset or file_preset
+    if preset is None and not file_data:
+        raise ConfigError(f"give a preset (one of {sorted(TRAIN_PRESETS)}) or a config file")
+    if preset is not None:
+        if preset not in TRAIN_PRESETS:
+            raise ConfigError(f"unknown training preset {preset!r}; valid presets are {sorted(TRAIN_PRESETS)}")
+        data = to_dict(TRAIN_PRESETS[preset]())
+        data = _merge(data, file_data, "")
+    else:
+        data = file_data
+    for item in overrides:
+        path, value = _parse_override(item)
+        _set_path(data, TrainConfig, path, value)
+    try:
+        cfg = from_dict(TrainConfig, data, where="config")
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a __post_init__ of a nested dataclass (schedule, parameterization)
+        raise ConfigError(f"config: {e}") from None
+    validate_unets(cfg)
+    return cfg
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {str(path)!r}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- each parser has its own error type
+        raise ConfigError(f"config file {str(path)!r} does not parse: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: Any, update: Any, where: str) -> Any:
+    """Deep merge: mappings merge key by key, lists of equal length element by element, else replace."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        out = dict(base)
+        for k, v in update.items():
+            out[k] = _merge(base[k], v, f"{where}{k}.") if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(update, list) and len(base) == len(update):
+        return [_merge(b, u, f"{where}{i}.") for i, (b, u) in enumerate(zip(base, update))]
+    return update
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4 or stages.0.steps=100)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key; write e.g. optim.lr=1e-4")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a bare word such as bf16 or a path
+    return key.split("."), value
+
+
+def _set_path(data: dict, cls: Any, path: list[str], value: Any) -> None:
+    """Set data[path] = value, checking every step of the path against the dataclass `cls`."""
+    node, hint, done = data, cls, []
+    for i, key in enumerate(path):
+        last = i == len(path) - 1
+        full = ".".join(path)
+        dc = _dataclass_of(hint)
+        if dc is not None:
+            names = [f.name for f in dataclasses.fields(dc)]
+            if key not in names:
+                where = ".".join(done) or "the top level"
+                raise ConfigError(f"unknown config key {full!r}: {where} has no {key!r}; valid keys are {names}")
+            hint = typing.get_type_hints(dc)[key]
+        elif isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"config key {full!r}: {'.'.join(done)} is a list of {len(node)}; "
+                                  f"use an index 0..{len(node) - 1}")
+            key = int(key)
+            args = typing.get_args(hint)
+            hint = args[0] if args else None
+        elif isinstance(node, dict):
+            hint = None  # a free-form mapping (unet, text_encoder): checked when the config is built
+        else:
+            raise ConfigError(f"config key {full!r}: {'.'.join(done)} is a value, not a section")
+        if last:
+            node[key] = value
+            return
+        if isinstance(node, dict) and key not in node:
+            node[key] = {}
+        if isinstance(node, dict) and node[key] is None and _dataclass_of(hint) is not None:
+            node[key] = {}
+        node = node[key]
+        done.append(str(key))
+
+
+def _dataclass_of(hint: Any):
+    if dataclasses.is_dataclass(hint):
+        return hint
+    for arg in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else ():
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+_UnionType = getattr(__import__("types"), "UnionType", typing.Union)
