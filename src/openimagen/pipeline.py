@@ -9,8 +9,7 @@ nothing about networks) meet: `Stage.model` turns a U-Net into the denoiser cont
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -29,7 +28,9 @@ from .diffusion import (
     ScheduleConfig,
     classifier_free_guidance,
     dynamic_threshold,
+    as_timesteps,
     make_schedule,
+    respaced_timesteps,
     static_threshold,
 )
 from .text import TextEncoder, check_prompts, text_encoder_from_spec
@@ -55,12 +56,17 @@ class StageConfig:
     lowres: bool = False                        # super-resolution stage: conditioned on the previous image
     lowres_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="linear"))
     lowres_aug: float = 0.2                     # sampling aug level, in lowres_schedule's time units
+    lowres_resize: str = "bilinear"             # how the previous image is enlarged: "bilinear" | "bicubic" | "nearest"
+    lowres_align_corners: bool = False          # IF: bilinear with align_corners=True
     sampler: str = "ddpm"
-    steps: int = 50
+    steps: int | str = 50                       # a count, or a named list such as "smart50" (discrete schedules)
     guidance: float = 5.0
     threshold: str = "dynamic"                  # "dynamic" | "static" | "none"
     threshold_percentile: float = 0.95
     threshold_max: float | None = None          # IF: 1.5 for stage I, 1.0 for stage II
+
+
+RESIZE_MODES = ("bilinear", "bicubic", "nearest")
 
 
 def _unet_classes(kind: str):
@@ -82,6 +88,8 @@ class Stage(torch.nn.Module):
         super().__init__()
         if config.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {config.sampler!r}; choose one of {sorted(SAMPLERS)}")
+        if config.lowres_resize not in RESIZE_MODES:
+            raise ConfigError(f"unknown lowres_resize {config.lowres_resize!r}; choose one of {list(RESIZE_MODES)}")
         self.config = config
         self.schedule = make_schedule(config.schedule)
         self.lowres_schedule = make_schedule(config.lowres_schedule)
@@ -98,21 +106,26 @@ class Stage(torch.nn.Module):
     def model(self, x: Tensor, t: Tensor, cond: dict) -> Denoised:
         """The denoiser contract: x_t, t (schedule units) and conditioning -> Denoised."""
         alpha, sigma = self.schedule.alpha_sigma(t)
-        lowres_t = cond.get("lowres_t")
+        lowres, lowres_t = cond.get("lowres"), cond.get("lowres_t")
+        dtype = next(self.unet.parameters()).dtype  # fp16/bf16 weights get inputs of their dtype; state stays fp32
         out = self.unet(
-            x,
+            x.to(dtype),
             self.schedule.model_time(t),
-            cond["text_embeds"],
+            cond["text_embeds"].to(dtype),
             cond.get("text_mask"),
-            lowres=cond.get("lowres"),
+            lowres=None if lowres is None else lowres.to(dtype),
             lowres_t=None if lowres_t is None else self.lowres_schedule.model_time(lowres_t),
         )
         return self.parameterization.to_denoised(out.float(), x, alpha, sigma)
 
-    def augment_lowres(self, lowres: Tensor, aug_t: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Upsample the previous stage's image and noise it to level `aug_t` (noise-conditioning augmentation)."""
-        r = self.resolution
-        up = F.interpolate(lowres, size=(r, r), mode="bilinear", align_corners=False)
+    def augment_lowres(self, lowres: Tensor, aug_t: float, generator: torch.Generator | None,
+                       size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """Upsample the previous stage's image to `size` (default: the stage's resolution) and noise it to
+        level `aug_t` (noise-conditioning augmentation). One draw, fixed for every sampling step."""
+        size = size or (self.resolution, self.resolution)
+        cfg = self.config
+        align = cfg.lowres_align_corners if cfg.lowres_resize != "nearest" else None
+        up = F.interpolate(lowres.float(), size=size, mode=cfg.lowres_resize, align_corners=align)
         t = torch.full((up.shape[0],), float(aug_t), device=up.device)
         alpha, sigma = self.lowres_schedule.alpha_sigma(t)
         noise = _randn(up.shape, generator, up.device)
@@ -204,20 +217,35 @@ class Cascade(torch.nn.Module):
         *,
         negative_prompt: str | Sequence[str] | None = None,
         num_images: int = 1,
-        steps: int | Sequence[int] | None = None,
+        steps: int | str | Sequence | None = None,
         guidance: float | Sequence[float] | None = None,
         sampler: str | Sequence[str] | None = None,
         lowres_aug: float | Sequence[float] | None = None,
+        height: int | Sequence[int | None] | None = None,
+        width: int | Sequence[int | None] | None = None,
+        image: Tensor | None = None,
         seed: int = 0,
         stop_at: int | None = None,
         text_embeds: tuple[Tensor, Tensor] | None = None,
         autocast_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        offload: bool = False,
         progress: bool = True,
     ) -> CascadeOutput:
-        """Run every stage in order. Same seed, same arguments -> identical images."""
+        """Run every stage in order. Same seed, same arguments -> identical images.
+
+        Per-stage arguments take one value for all stages or a list with one entry per stage (None = the
+        stage's default). `steps` entries are a count, a named IF list ("smart50", "fast27", ...) or an
+        explicit descending timestep list. `height`/`width` given as one int size the *last* stage run
+        (earlier stages keep their resolution); give lists to size each stage. `image` (B, 3, h, w) in
+        [-1, 1] skips stage 0: the cascade starts by enlarging it. `device` is where sampling runs; with
+        `offload=True` each model (text encoder, then each stage) sits there only while it runs and goes
+        back to its own device afterwards, so a cascade bigger than the accelerator's memory still runs.
+        """
         n = len(self.stages) if stop_at is None else stop_at
-        if not 1 <= n <= len(self.stages):
-            raise ValueError(f"stop_at={stop_at} is outside 1..{len(self.stages)}")
+        first = 0 if image is None else 1
+        if not first < n <= len(self.stages):
+            raise ValueError(f"stop_at={stop_at} is outside {first + 1}..{len(self.stages)}")
         prompts = check_prompts(prompts)
         if any(not p.strip() for p in prompts) and text_embeds is None:
             raise ValueError("empty prompt: give a text description of the image")
@@ -227,45 +255,47 @@ class Cascade(torch.nn.Module):
         guidance = _per_stage(guidance, n, "guidance")
         sampler = _per_stage(sampler, n, "sampler")
         lowres_aug = _per_stage(lowres_aug, n, "lowres_aug")
-        for s in steps:
-            if s is not None and (not isinstance(s, int) or s < 1):
-                raise ValueError(f"steps must be a positive integer, got {s!r}")
+        sizes = _stage_sizes(self.stages[:n], height, width)
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        timesteps = {i: _timesteps(self.stages[i], self.stages[i].config.steps if steps[i] is None else steps[i])
+                     for i in range(first, n)}
 
-        cond_e, cond_m, unc_e, unc_m = self._encode(prompts, negative_prompt, text_embeds)
+        cond_e, cond_m, unc_e, unc_m = self._encode(prompts, negative_prompt, text_embeds, device, offload)
         rep = lambda t: t.repeat_interleave(num_images, dim=0)
         cond_e, cond_m, unc_e, unc_m = map(rep, (cond_e, cond_m, unc_e, unc_m))
-        device = next(self.parameters()).device
         generator = torch.Generator("cpu").manual_seed(seed)
         B = cond_e.shape[0]
+        prev = None if image is None else _check_image(image, len(prompts), B).to(device)
 
         images: list[Tensor] = []
-        prev = None
-        for i in range(n):
+        for i in range(first, n):
             stage: Stage = self.stages[i]
             cfg = stage.config
             name = sampler[i] or cfg.sampler
             if name not in SAMPLERS:
                 raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-            r = stage.resolution
-            x = _randn((B, 3, r, r), generator, device)
-            cond = {"text_embeds": cond_e.to(device), "text_mask": cond_m.to(device)}
-            uncond = {"text_embeds": unc_e.to(device), "text_mask": unc_m.to(device)}
-            if cfg.lowres:
-                aug = cfg.lowres_aug if lowres_aug[i] is None else lowres_aug[i]
-                low, low_t = stage.augment_lowres(prev, aug, generator)
-                for c in (cond, uncond):
-                    c["lowres"], c["lowres_t"] = low, low_t
-            denoise = classifier_free_guidance(self._model_fn(stage, autocast_dtype), cond, uncond,
-                                               cfg.guidance if guidance[i] is None else guidance[i])
-            if cfg.threshold == "dynamic":
-                denoise = dynamic_threshold(denoise, stage.schedule, cfg.threshold_percentile, cfg.threshold_max)
-            elif cfg.threshold == "static":
-                denoise = static_threshold(denoise, stage.schedule)
-            ts = stage.schedule.timesteps(steps[i] or cfg.steps).to(device)
-            bar = _progress(len(ts), f"stage {i} ({r}px)", progress)
-            x = SAMPLERS[name](denoise, x, stage.schedule, ts, generator=generator,
-                               callback=lambda *_: bar.update(1))
-            bar.close()
+            ts = timesteps[i].to(device)
+            h, w = sizes[i]
+            with _placed(stage, device, offload):
+                # RNG order as diffusers' IF pipelines: x_T, then (SR) the augmentation noise, then per-step noise.
+                x = _randn((B, 3, h, w), generator, device)
+                cond = {"text_embeds": cond_e.to(device), "text_mask": cond_m.to(device)}
+                uncond = {"text_embeds": unc_e.to(device), "text_mask": unc_m.to(device)}
+                if cfg.lowres:
+                    aug = cfg.lowres_aug if lowres_aug[i] is None else lowres_aug[i]
+                    low, low_t = stage.augment_lowres(prev, aug, generator, (h, w))
+                    for c in (cond, uncond):
+                        c["lowres"], c["lowres_t"] = low, low_t
+                denoise = classifier_free_guidance(self._model_fn(stage, autocast_dtype), cond, uncond,
+                                                   cfg.guidance if guidance[i] is None else guidance[i])
+                if cfg.threshold == "dynamic":
+                    denoise = dynamic_threshold(denoise, stage.schedule, cfg.threshold_percentile, cfg.threshold_max)
+                elif cfg.threshold == "static":
+                    denoise = static_threshold(denoise, stage.schedule)
+                bar = _progress(len(ts), f"stage {i} ({h}x{w}px)", progress)
+                x = SAMPLERS[name](denoise, x, stage.schedule, ts, generator=generator,
+                                   callback=lambda *_: bar.update(1))
+                bar.close()
             prev = x.clamp(-1, 1)
             images.append(prev)
         return CascadeOutput(images=images, prompts=[p for p in prompts for _ in range(num_images)])
@@ -281,23 +311,23 @@ class Cascade(torch.nn.Module):
 
         return model
 
-    def _encode(self, prompts, negative_prompt, text_embeds):
-        if text_embeds is not None:
-            e, m = text_embeds
-            if e.shape[0] != len(prompts):
-                raise ValueError(f"text_embeds has {e.shape[0]} rows for {len(prompts)} prompts")
-            if self.text_encoder is None:
-                raise ValueError("precomputed prompt embeddings need a text encoder for the unconditional branch")
-        else:
-            if self.text_encoder is None:
-                raise ValueError("this cascade has no text encoder: pass text_embeds=(embeds, mask)")
-            e, m = self.text_encoder.encode(prompts)
+    def _encode(self, prompts, negative_prompt, text_embeds, device=None, offload=False):
+        if self.text_encoder is None:
+            what = "for the unconditional branch" if text_embeds is not None else ": pass text_embeds=(embeds, mask)"
+            raise ValueError(f"this cascade has no text encoder{what}")
         negs = [""] * len(prompts) if negative_prompt is None else check_prompts(negative_prompt)
         if len(negs) == 1 and len(prompts) > 1:
             negs = negs * len(prompts)
         if len(negs) != len(prompts):
             raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts; give one or one each")
-        ue, um = self.text_encoder.encode(negs)
+        with _placed(self.text_encoder, device, offload):
+            if text_embeds is not None:
+                e, m = text_embeds
+                if e.shape[0] != len(prompts):
+                    raise ValueError(f"text_embeds has {e.shape[0]} rows for {len(prompts)} prompts")
+            else:
+                e, m = self.text_encoder.encode(prompts)
+            ue, um = self.text_encoder.encode(negs)
         # Pad both to one length so cond and uncond stack into one batch for guidance.
         L = max(e.shape[1], ue.shape[1])
         return _pad(e, L), _pad(m, L), _pad(ue, L), _pad(um, L)
@@ -345,6 +375,76 @@ class Cascade(torch.nn.Module):
         if text_encoder is None and index.get("text_encoder") is not None:
             text_encoder = text_encoder_from_spec(index["text_encoder"])
         return cls(text_encoder, stages)
+
+
+def _stage_sizes(stages, height, width) -> list[tuple[int, int]]:
+    """(h, w) per stage: a single int sizes the last stage; lists give one entry (or None) per stage."""
+    n = len(stages)
+    def per_stage(v, name):
+        if isinstance(v, (list, tuple)):
+            return _per_stage(v, n, name)
+        return [None] * (n - 1) + [v]
+    out = []
+    for stage, h, w in zip(stages, per_stage(height, "height"), per_stage(width, "width")):
+        for name, v in (("height", h), ("width", w)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 8):
+                raise ValueError(f"{name} must be a whole number of pixels >= 8, got {v!r}")
+        out.append((h or stage.resolution, w or stage.resolution))
+    return out
+
+
+def _timesteps(stage: Stage, spec) -> Tensor:
+    """A stage's descending sampling times from a count, a named list ("smart50") or an explicit list."""
+    if isinstance(spec, bool):
+        raise ValueError(f"steps must be a positive integer, a named list or a timestep list, got {spec!r}")
+    if isinstance(spec, str) and spec.isdigit():
+        spec = int(spec)
+    if isinstance(spec, int):
+        if spec < 1:
+            raise ValueError(f"steps must be a positive integer, got {spec!r}")
+        return stage.schedule.timesteps(spec)
+    if isinstance(spec, str):
+        if not stage.schedule.discrete:
+            raise ValueError(f"named timestep list {spec!r} needs a discrete schedule (ddpm_cosine); "
+                             "give a number of steps instead")
+        return respaced_timesteps(spec, stage.schedule.config.num_train_timesteps)
+    if isinstance(spec, (list, tuple, Tensor)):
+        return as_timesteps(stage.schedule, spec)
+    raise ValueError(f"steps must be a positive integer, a named list or a timestep list, got {spec!r}")
+
+
+def _check_image(image: Tensor, n_prompts: int, B: int) -> Tensor:
+    if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be a (B, 3, H, W) tensor in [-1, 1], got "
+                         f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}")
+    if image.shape[0] == n_prompts:
+        return image.float().repeat_interleave(B // n_prompts, dim=0)
+    if image.shape[0] != B:
+        raise ValueError(f"image has {image.shape[0]} rows for {n_prompts} prompts; give one image per prompt")
+    return image.float()
+
+
+def _device_of(module) -> torch.device | None:
+    if isinstance(module, torch.nn.Module):
+        p = next(module.parameters(), None)
+        return None if p is None else p.device
+    return getattr(module, "device", None)  # text encoders keep their device as an attribute
+
+
+@contextlib.contextmanager
+def _placed(module, device: torch.device | None, offload: bool):
+    """Run a block with `module` on `device`; with `offload`, move it back home afterwards (to free memory)."""
+    home = _device_of(module)
+    movable = hasattr(module, "to") and home is not None and device is not None and home != device
+    if movable:
+        module.to(device)
+    try:
+        yield
+    finally:
+        if movable and offload:
+            module.to(home)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def _pad(t: Tensor, L: int) -> Tensor:

@@ -279,11 +279,21 @@ class IFUNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
-                class_labels: Tensor | float | None = None) -> Tensor:
+                text_mask: Tensor | None = None, lowres: Tensor | None = None,
+                lowres_t: Tensor | float | None = None, class_labels: Tensor | float | None = None) -> Tensor:
         """sample (B, in, H, W), timestep (B,) or scalar, text (B, L, text_dim) -> (B, out, H, W) raw output.
 
         `class_labels` is stage II's noise-augmentation level (e.g. 250), (B,) or scalar.
+        The engine's U-Net signature (`Stage.model`) is accepted too: `lowres` (B, 3, H, W), the upsampled
+        and noised image, is concatenated to `sample`'s channels and `lowres_t` is the class label.
+        `text_mask` is ignored on purpose: IF was trained attending over all 77 T5 positions, pads included.
         """
+        if lowres is not None:
+            sample = torch.cat([sample, lowres.to(sample.dtype)], dim=1)  # (B, 3 + 3, H, W), diffusers' order
+        if lowres_t is not None:
+            if class_labels is not None:
+                raise ValueError("pass the noise-augmentation level once: lowres_t or class_labels, not both")
+            class_labels = lowres_t
         cfg, B = self.cfg, sample.shape[0]
         if sample.ndim != 4 or sample.shape[1] != cfg.in_channels:
             raise ValueError(f"sample must be (B, {cfg.in_channels}, H, W), got {tuple(sample.shape)}")
