@@ -69,6 +69,7 @@ class _HFEncoder:
     max_length: int
     pad_to_max_length: bool = False
     lowercase: bool = False
+    clean_caption: bool = False
 
     def __init__(self, tokenizer, model, device: str | torch.device = "cpu"):
         self.tokenizer = tokenizer
@@ -78,6 +79,10 @@ class _HFEncoder:
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         prompts = check_prompts(prompts)
+        if self.clean_caption:
+            from .deepfloyd.captions import clean_caption
+
+            prompts = [clean_caption(p) for p in prompts]
         if self.lowercase:
             prompts = [p.lower().strip() for p in prompts]
         _warn_truncation(self.tokenizer, prompts, self.max_length)
@@ -126,6 +131,8 @@ class T5Encoder(_HFEncoder):
 
     `if_style=True` is DeepFloyd IF's convention: 77 tokens padded to max length, lower-cased.
     For an IF checkpoint folder, the encoder and tokenizer live in `text_encoder/` and `tokenizer/`.
+    `clean_caption=True` scrubs markup and URLs first (deepfloyd/captions.py). `variant="fp16"` reads
+    `model.fp16*.safetensors` (IF repos ship T5 weights under that name).
     """
 
     def __init__(
@@ -135,6 +142,8 @@ class T5Encoder(_HFEncoder):
         if_style: bool = False,
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
+        clean_caption: bool = False,
+        variant: str | None = None,
     ):
         from transformers import AutoTokenizer, T5EncoderModel
 
@@ -142,18 +151,23 @@ class T5Encoder(_HFEncoder):
         self.max_length = max_length
         self.pad_to_max_length = self.lowercase = if_style
         self.if_style = if_style
+        self.clean_caption = clean_caption
+        self.variant = variant
         root = Path(self.name_or_path)
         enc_dir, tok_dir = root, root
         if (root / "text_encoder").is_dir():
             enc_dir, tok_dir = root / "text_encoder", root / "tokenizer"
         tokenizer = load_from_hub_or_dir(AutoTokenizer.from_pretrained, str(tok_dir), "T5 tokenizer")
         kwargs = {"dtype": dtype} if dtype is not None else {}
+        if variant is not None:
+            kwargs["variant"] = variant
         model = load_from_hub_or_dir(T5EncoderModel.from_pretrained, str(enc_dir), "T5 encoder", **kwargs)
         self.dim = model.config.d_model
         super().__init__(tokenizer, model, device)
 
     def spec(self) -> dict:
-        return {"kind": "t5", "name_or_path": self.name_or_path, "max_length": self.max_length, "if_style": self.if_style}
+        return {"kind": "t5", "name_or_path": self.name_or_path, "max_length": self.max_length, "if_style": self.if_style,
+                "clean_caption": self.clean_caption, "variant": self.variant}
 
 
 def load_from_hub_or_dir(loader, name_or_path: str, what: str, **kwargs):
@@ -213,7 +227,8 @@ def text_encoder_from_spec(spec: dict, device: str | torch.device = "cpu", dtype
     if kind == "minilm":
         return MiniLMEncoder(max_length=spec.get("max_length", 32), device=device)
     if kind == "t5":
-        return T5Encoder(spec["name_or_path"], spec.get("max_length", 77), spec.get("if_style", False), dtype, device)
+        return T5Encoder(spec["name_or_path"], spec.get("max_length", 77), spec.get("if_style", False), dtype, device,
+                         clean_caption=spec.get("clean_caption", False), variant=spec.get("variant"))
     if kind == "precomputed":
         raise ValueError(
             "this model was saved with precomputed text embeddings; pass text_encoder=... or "
