@@ -54,6 +54,8 @@ JITTER = 0.03                 # uniform +- on object centers
 COUNT_CELLS = ((0.28, 0.28), (0.72, 0.28), (0.28, 0.72), (0.72, 0.72))
 COUNT_JITTER = 0.04
 SIGN_BOX = (0.06, 0.29, 0.94, 0.71)   # x0, y0, x1, y1 of the sign
+TEXT_SIZE = 0.34                      # font size / image side
+TEXT_STROKE = 0.5                     # extra stroke, output pixels: the bundled font is thin at 64 px
 KIND_WEIGHTS = {"single": 0.35, "relation": 0.25, "count": 0.25, "word": 0.15}
 SUPERSAMPLE = 4
 
@@ -244,11 +246,12 @@ def render(scene: Scene, resolution: int = 64) -> Image.Image:
     if scene.kind == "word":
         x0, y0, x1, y1 = (v * R for v in SIGN_BOX)
         draw.rectangle([x0, y0, x1, y1], fill=SIGN_COLOR)
-        font = _font(max(4, int(0.30 * R)))
+        font = _font(max(4, int(TEXT_SIZE * R)))
         width = draw.textlength(scene.word, font=font)
         if width > 0.8 * (x1 - x0):   # wide words (MOON, WAVE) shrink to fit the sign
-            font = _font(max(4, int(0.30 * R * 0.8 * (x1 - x0) / width)))
-        draw.text(((x0 + x1) / 2, (y0 + y1) / 2), scene.word, fill=INK_COLOR, font=font, anchor="mm")
+            font = _font(max(4, int(TEXT_SIZE * R * 0.8 * (x1 - x0) / width)))
+        draw.text(((x0 + x1) / 2, (y0 + y1) / 2), scene.word, fill=INK_COLOR, font=font, anchor="mm",
+                  stroke_width=round(TEXT_STROKE * ss), stroke_fill=INK_COLOR)
     if ss > 1:
         img = img.resize((resolution, resolution), Image.BOX)
     return img

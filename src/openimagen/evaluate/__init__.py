@@ -1,0 +1,4 @@
+"""Prompt fidelity on the shapes world: `score(image, caption)` per attribute, `score_many` accuracy."""
+from openimagen.evaluate.scorer import ATTRIBUTES, FidelityReport, score, score_many
+
+__all__ = ["ATTRIBUTES", "FidelityReport", "score", "score_many"]
