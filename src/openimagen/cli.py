@@ -23,6 +23,17 @@ def _positive_int(name):
     return parse
 
 
+def _steps_arg(s: str) -> int | str:
+    """--steps: a whole number, or a named DeepFloyd IF timestep list such as smart50 or fast27."""
+    if s.isdigit():
+        return _positive_int("--steps")(s)
+    from .diffusion import IF_RESPACINGS
+
+    if s not in IF_RESPACINGS:
+        raise argparse.ArgumentTypeError(f"--steps must be a whole number or one of {sorted(IF_RESPACINGS)}, got {s!r}")
+    return s
+
+
 def _slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "image"
 
@@ -40,7 +51,8 @@ def cmd_generate(args) -> int:
         if not p.strip():
             raise ValueError("empty prompt: describe the image, e.g. openimagen generate \"a red circle above a blue square\"")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    model = load_model(args.model, sr=args.sr, device=args.device, dtype=dtype)
+    # With --offload every model waits on the CPU and visits the device only while it runs.
+    model = load_model(args.model, sr=args.sr, device="cpu" if args.offload else args.device, dtype=dtype)
     out = model.generate(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -48,14 +60,20 @@ def cmd_generate(args) -> int:
         steps=args.steps,
         guidance=args.guidance,
         sampler=args.sampler,
+        lowres_aug=args.noise_level,
+        height=args.height,
+        width=args.width,
         seed=args.seed,
+        device=args.device,
+        offload=args.offload,
         progress=not args.quiet,
     )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for k, images in enumerate(out.images):
-        res = images.shape[-1]
+        h, w = images.shape[-2:]
+        res = f"{w}" if h == w else f"{w}x{h}"
         for i, (img, prompt) in enumerate(zip(_to_pil(images), out.prompts)):
             path = out_dir / f"{i:02d}-{_slug(prompt)}-stage{k}-{res}px.png"
             img.save(path)
@@ -116,10 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="+", help="one or more prompts")
     g.add_argument("--model", default=None, help=f"a model folder, or a DeepFloyd IF hub id / folder (default: {DEFAULT_MODEL_HELP})")
     g.add_argument("--sr", default=None, help="a DeepFloyd IF stage II hub id or folder to run after --model")
-    g.add_argument("--steps", type=_positive_int("--steps"), default=None, help="sampling steps per stage (default: the model's)")
+    g.add_argument("--steps", type=_steps_arg, default=None,
+                   help="sampling steps per stage, or an IF timestep list such as smart50 (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"], default=None, help="sampler (default: the model's)")
     g.add_argument("--negative-prompt", default=None, help="what the image should not show")
+    g.add_argument("--height", type=_positive_int("--height"), default=None, help="output height of the last stage")
+    g.add_argument("--width", type=_positive_int("--width"), default=None, help="output width of the last stage")
+    g.add_argument("--noise-level", type=float, default=None,
+                   help="noise augmentation of the low-res image in super-resolution stages, in the stage's own "
+                        "units (IF: 0-999, default 250)")
+    g.add_argument("--offload", action="store_true",
+                   help="keep models on the CPU; move each to --device only while it runs (the IF cascade in 16 GB)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
     g.add_argument("--num-images", type=_positive_int("--num-images"), default=1, help="images per prompt")
     g.add_argument("--out", default="openimagen-out", help="output folder for the PNGs (default: openimagen-out)")

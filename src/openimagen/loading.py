@@ -21,7 +21,7 @@ def bundled_model_path() -> Path:
 def is_deepfloyd(name_or_path: str) -> bool:
     p = Path(name_or_path)
     if p.is_dir():
-        return (p / "model_index.json").is_file() or (p / "unet" / "config.json").is_file()
+        return (p / "model_index.json").is_file() or (p / "unet").is_dir()
     return not p.exists() and "/" in name_or_path and name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
 
 
@@ -37,9 +37,9 @@ def load_model(model: str | None, *, sr: str | None = None, device: str = "cpu",
     if path.is_dir() and (path / "model" / "cascade.json").is_file():  # a training run folder
         return _our_cascade(path / "model", sr, device, dtype)
     if is_deepfloyd(model):
-        from .deepfloyd.pipeline import IFCascade
+        from .deepfloyd.pipeline import load_if_cascade
 
-        return IFCascade.from_pretrained(model, sr=sr, device=device, dtype=dtype)
+        return load_if_cascade(model, sr=sr, device=device, dtype=dtype)
     if not path.exists():
         raise FileNotFoundError(
             f"--model {model}: no such folder; pass a folder written by `openimagen train` or save_pretrained, "
@@ -47,7 +47,8 @@ def load_model(model: str | None, *, sr: str | None = None, device: str = "cpu",
         )
     raise ModelFolderError(
         f"{model} is neither an openimagen model (cascade.json) nor a DeepFloyd IF checkpoint "
-        "(model_index.json, unet/config.json)"
+        "(model_index.json, unet/config.json + unet/diffusion_pytorch_model*.safetensors, scheduler/, "
+        "text_encoder/, tokenizer/; image_noising_scheduler/ for stage II)"
     )
 
 
