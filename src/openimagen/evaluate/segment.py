@@ -13,11 +13,12 @@ Pipeline (all numpy, no extra dependencies):
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from openimagen.data.shapes import BACKGROUNDS, COLORS, SHAPE_NAMES, SIZES, Obj, Scene, render
 
@@ -158,6 +159,7 @@ class Segmentation:
 
     def __init__(self, image):
         arr = to_rgb_array(image)
+        self.source_hw = arr.shape[:2]                   # prototypes are drawn at the input's size
         # Median filter and opening remove generated speckle but would erase the tips of small
         # objects in small images, which get upsampled instead.
         self.filtered = min(arr.shape[:2]) >= FILTER_MIN_RES
@@ -211,14 +213,14 @@ class Segmentation:
         return sorted((c for name in _PALETTE_NAMES for c in self.objects(name)), key=lambda c: -c.area)
 
     def shape_of(self, comp: Component) -> str:
-        p = _prototypes(self.H, self.W)
+        p = _prototypes(*self.source_hw)
         d = np.abs((p.features - np.array(comp.features)) * _FEATURE_WEIGHTS).sum(1)
         return p.shapes[int(np.argmin(d))]
 
     def size_of(self, comp: Component) -> str:
         """"small" or "big": whichever clean render of this shape has the nearer extent. Measured,
         not nominal, extents: a star's thin tips shrink under filtering more than a square's sides."""
-        p, shape = _prototypes(self.H, self.W), self.shape_of(comp)
+        p, shape = _prototypes(*self.source_hw), self.shape_of(comp)
         best = min(((abs(e - comp.extent), z) for e, z, s in zip(p.extents, p.sizes, p.shapes)
                     if s == shape and z in ("small", "big")))
         return best[1]
@@ -237,11 +239,17 @@ def _prototypes(H: int, W: int) -> _Prototypes:
     """Every shape at every size, rendered cleanly and segmented by the same pipeline as the input."""
     side = min(H, W)   # renders are square; features are scale-free, so the smaller side will do
     feats, shapes, sizes, extents = [], [], [], []
+    # Sub-pixel offsets: pixelisation depends on placement, which matters most for the 7-pixel
+    # objects of 32 px images, so small images get a denser grid of offsets.
+    steps = (0.0, 0.25, 0.5, 0.75) if side < FILTER_MIN_RES else ((0.0, 0.5) if side < 96 else (0.0,))
+    shifts = [(dx, dy) for dx in steps for dy in steps]
     for shape in SHAPE_NAMES:
         for size in SIZES:
-            for shift in (0.0, 0.33, 0.67):     # sub-pixel offsets: pixelisation differs with placement
-                c = 0.5 + shift / side
-                img = render(Scene("single", (Obj("red", shape, size, (c, c)),), "gray"), side)
+            for (dx, dy), blur in itertools.product(shifts, (0.0, 0.6)):
+                c = (0.5 + dx / side, 0.5 + dy / side)
+                img = render(Scene("single", (Obj("red", shape, size, c),), "gray"), side)
+                if blur:   # soft edges, as in generated images
+                    img = img.filter(ImageFilter.GaussianBlur(blur * side / 32))
                 comps = Segmentation(img).objects("red")
                 if comps:
                     feats.append(comps[0].features)
