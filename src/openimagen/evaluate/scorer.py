@@ -25,6 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import permutations
 
+import numpy as np
+
 from openimagen.data.shapes import parse_caption
 from openimagen.evaluate.ocr import OCRUnavailable, read_sign
 from openimagen.evaluate.segment import Component, Segmentation, label, opening
@@ -54,7 +56,6 @@ def relation_holds(a: Component, b: Component, relation: str) -> bool:
 
 def _sign_box(seg: Segmentation) -> tuple[int, int, int, int] | None:
     """Bounding box of the largest region that differs from the background (the sign with its letters)."""
-    import numpy as np
     far = np.linalg.norm(seg.rgb - seg.background_rgb, axis=-1) > 40
     lab, n = label(opening(far) if seg.filtered else far)
     if n == 0:

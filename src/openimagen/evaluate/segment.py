@@ -1,15 +1,17 @@
 """Find the shapes-world objects in an image: palette segmentation, connected components, geometry.
 
 Pipeline (all numpy, no extra dependencies):
-  1. 3x3 median filter (at >= 48 px) to drop the speckle noise of generated images;
+  1. 3x3 median filter (at >= 48 px) to drop the speckle noise of generated images; smaller images
+     are upsampled bilinearly instead (antialiased edges become sub-pixel geometry);
   2. background = median color of the one-pixel border;
   3. every pixel takes the nearest of {8 object colors, the measured background}, or "unknown" when
      it is farther than MAX_COLOR_DIST from all of them (antialiased edges, off-palette blends);
   4. per color: a morphological opening (>= 48 px) that removes one-pixel rims, then 4-connected
      components; components smaller than MIN_AREA_FRAC of the image are ignored;
-  5. shape = nearest prototype in (fill ratio of bbox, convex-hull solidity, vertical mass offset),
-     prototypes being clean renders of every shape pushed through steps 1-4 at the same resolution,
-     so antialiasing and filtering affect both sides of the comparison alike.
+  5. shape = nearest prototype in (fill of each cell of a 3x3 grid over the bbox, convex-hull
+     solidity); prototypes are renders of every shape and size (sub-pixel shifts, sharp and blurred)
+     pushed through steps 1-4 at the input's resolution, so antialiasing, filtering and small-image
+     upsampling affect both sides of the comparison alike.
 """
 from __future__ import annotations
 
