@@ -55,3 +55,39 @@ def test_loss_decreases_on_shapes_tiny(run_dir, tiny_config):
     losses = [json.loads(x)["loss"] for x in (run_dir / "log.jsonl").read_text().splitlines()][:steps]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.8 * first, (first, last)
+
+
+def _shapes_items(n: int, resolution: int = 40):
+    from openimagen.data.shapes import ShapesWorld, render
+
+    world = ShapesWorld(resolution=resolution, size=n, seed=3)
+    return [{"image": render(world.scene_and_caption(i)[0], resolution), "caption": world.scene_and_caption(i)[1],
+             "key": f"{i:04d}"} for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["folder", "webdataset"])
+def test_folder_and_shard_data_train_and_resume(tmp_path, tiny_config, minilm, kind):
+    from openimagen.data.embeddings import embed_captions
+    from openimagen.data.webdataset import write_shards
+
+    items = _shapes_items(10)
+    data = tmp_path / "data"
+    if kind == "folder":
+        data.mkdir()
+        for it in items:
+            it["image"].save(data / f"{it['key']}.png")
+            (data / f"{it['key']}.txt").write_text(it["caption"])
+    else:
+        write_shards(items, data, samples_per_shard=4)
+    out = tmp_path / "run"
+    embed_captions([it["caption"] for it in items] + ["a red circle on a gray background"], minilm,
+                   out / "embeddings", progress=False)
+    cfg = tiny_config(f"data.kind={kind}", "stages.0.steps=3", "stages.1.steps=3", "checkpoint_every=2")
+    train(cfg, out, data_path=str(data), max_steps=2, progress=False)  # stops after 2 steps per stage
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000004"
+    train(cfg, out, data_path=str(data), resume=True, progress=False)  # the third step of each stage
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == list(range(1, 7))
+    # max_steps capped each stage at 2; the resumed run (no cap) adds the third step of each
+    assert [(x["stage"], x["stage_step"]) for x in log] == [(0, 1), (0, 2), (1, 1), (1, 2), (0, 3), (1, 3)]
+    assert Cascade.from_pretrained(out / "model", text_encoder=minilm).stages[1].resolution == 32
