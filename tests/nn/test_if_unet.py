@@ -126,6 +126,22 @@ def test_scalar_times_and_the_unet_dir_itself(tmp_path):
         ours(x, 250, text)
 
 
+def test_engine_signature_concatenates_lowres_and_ignores_the_mask(tmp_path):
+    # Stage.model calls unet(x, t, text, mask, lowres=, lowres_t=): the same numbers as diffusers' call on
+    # cat([x, lowres]) with class_labels=lowres_t; the text mask is ignored (IF attends to all tokens).
+    ref = diffusers_unet(DUMMY_SR)
+    ref.save_pretrained(tmp_path)
+    ours = IFUNet.from_pretrained(tmp_path)
+    x, t, text, level = inputs(DUMMY_SR)
+    mask = torch.zeros(text.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        want = ref(x, t, text, class_labels=level).sample
+        got = ours(x[:, :3], t, text, mask, lowres=x[:, 3:], lowres_t=level)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="lowres_t or class_labels"):
+        ours(x[:, :3], t, text, lowres=x[:, 3:], lowres_t=level, class_labels=level)
+
+
 def test_fp16_variant_and_sharded_checkpoints(tmp_path):
     ref = diffusers_unet(DUMMY_I)
     ref.save_pretrained(tmp_path / "half", variant="fp16")
