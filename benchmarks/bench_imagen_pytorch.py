@@ -5,7 +5,10 @@
 One command runs both systems: this process times ours (our venv, torch of .venv) and drives
 benchmarks/peer_imagen_pytorch.py in the peer's venv (set up by ../shared/peers/imagen_pytorch.sh)
 through a pipe. The two never compute at the same time: they take turns (ABAB), each with
-torch.set_num_threads(THREADS) while the other waits, and every figure is a median of the turns.
+torch.set_num_threads(--threads) while the other waits, and every figure is a median of the turns.
+One thread each by default: on a 2-core machine shared with other work, a 2-thread OpenMP step
+stalls whenever one of its threads is descheduled (we saw 5-10x slower, erratic steps at load 4),
+while a 1-thread step degrades gracefully. --threads 2 is there for a quiet machine.
 
   training    the base stage of our shapes cascade (32 px, `shapes-base`, MiniLM width 384, 16 tokens)
               vs an imagen-pytorch Unet + Imagen with the closest parameter count on a small grid of
@@ -191,17 +194,19 @@ class Ours:
 # the machine
 
 
-def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048, 3072), min_seconds: float = 0.6) -> dict:
-    """Best achieved FLOP/s of a square torch.matmul loop over a few sizes (2 n^3 FLOPs per product)."""
+def matmul_peak(dtype: torch.dtype, sizes=(512, 1024, 2048), trials: int = 12) -> dict:
+    """The machine's matmul peak: the best single square torch.matmul (2 n^3 FLOPs) over a few sizes and
+    `trials` repeats each. Best-of, not a mean, so that moments when another process holds the core
+    do not count as the machine being slow."""
     best, per_size = 0.0, {}
     for n in sizes:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         torch.matmul(a, b)  # warm-up
-        reps, t0 = 0, time.perf_counter()
-        while (dt := time.perf_counter() - t0) < min_seconds or reps < 3:
+        rate = 0.0
+        for _ in range(trials):
+            t0 = time.perf_counter()
             torch.matmul(a, b)
-            reps += 1
-        rate = 2 * n**3 * reps / dt
+            rate = max(rate, 2 * n**3 / (time.perf_counter() - t0))
         per_size[n] = rate
         best = max(best, rate)
     return {"flops_per_s": best, "per_size": per_size}
@@ -253,21 +258,28 @@ def run(args) -> dict:
     settings, source = ours.sampling_settings()
     cascade = ours.cascade(settings)
     ours.generate(cascade, args.images, None)  # warm-up
-    K = args.peer_steps
-    peer.ask(cmd="sample", timesteps=min(K, 5), images=args.images, cond_scale=settings["guidance"])  # warm-up
-    gen = {"ours_fp32": [], "ours_bf16": [], "peer_short": []}
+    k1, k2 = (int(k) for k in args.peer_steps.split(","))
+    cond_scale = settings["guidance"]
+    peer.ask(cmd="sample", timesteps=2, images=args.images, cond_scale=cond_scale)  # warm-up
+    gen = {"ours_fp32": [], "ours_bf16": [], f"peer_{k1}": [], f"peer_{k2}": []}
     for r in range(args.gen_rounds):
         gen["ours_fp32"].append(ours.generate(cascade, args.images, None))
-        gen["peer_short"].append(peer.ask(cmd="sample", timesteps=K, images=args.images,
-                                          cond_scale=settings["guidance"])["seconds"])
+        for k in (k1, k2):
+            gen[f"peer_{k}"].append(peer.ask(cmd="sample", timesteps=k, images=args.images,
+                                             cond_scale=cond_scale)["seconds"])
         gen["ours_bf16"].append(ours.generate(cascade, args.images, torch.bfloat16))
         print(f"generation round {r + 1}/{args.gen_rounds}: ours fp32 {gen['ours_fp32'][-1]:.2f}s, "
-              f"bf16 {gen['ours_bf16'][-1]:.2f}s; peer {K} steps {gen['peer_short'][-1]:.2f}s", flush=True)
-    peer_1000 = median(gen["peer_short"]) * 1000 / K
+              f"bf16 {gen['ours_bf16'][-1]:.2f}s; peer {k1} steps {gen[f'peer_{k1}'][-1]:.2f}s, "
+              f"{k2} steps {gen[f'peer_{k2}'][-1]:.2f}s", flush=True)
+    # The peer's loop costs a + b * steps (the same two Unet passes every step): fit a, b on two lengths.
+    t1, t2 = median(gen[f"peer_{k1}"]), median(gen[f"peer_{k2}"])
+    per_step = (t2 - t1) / (k2 - k1)
+    fixed = t1 - k1 * per_step
+    peer_1000 = fixed + 1000 * per_step
     peer_full = None
     if args.peer_full:
-        peer_full = peer.ask(cmd="sample", timesteps=1000, images=args.images, cond_scale=settings["guidance"])["seconds"]
-        print(f"peer full 1000 steps: {peer_full:.1f}s", flush=True)
+        peer_full = peer.ask(cmd="sample", timesteps=1000, images=args.images, cond_scale=cond_scale)["seconds"]
+        print(f"peer full 1000 steps: {peer_full:.1f}s (fit said {peer_1000:.1f}s)", flush=True)
     peer_gen_s = peer_full if peer_full is not None else peer_1000
 
     # -- FLOPs and the machine's matmul peak ----------------------------------------------------------
@@ -306,13 +318,15 @@ def run(args) -> dict:
             "ours": {"settings": settings, "settings_source": source, "fp32_s": gen["ours_fp32"],
                      "bf16_s": gen["ours_bf16"], "fp32_s_median": median(gen["ours_fp32"]),
                      "bf16_s_median": median(gen["ours_bf16"])},
-            "peer": {"default_steps": 1000, "cond_scale": settings["guidance"], "timed_steps": K,
-                     "timed_s": gen["peer_short"], "timed_s_median": median(gen["peer_short"]),
+            "peer": {"default_steps": 1000, "cond_scale": cond_scale, "timed_steps": [k1, k2],
+                     "timed_s": {str(k1): gen[f"peer_{k1}"], str(k2): gen[f"peer_{k2}"]},
+                     "per_step_s": per_step, "fixed_s": fixed,
                      "extrapolated_1000_s": peer_1000, "measured_1000_s": peer_full,
                      "seconds_used": peer_gen_s,
                      "how": "measured 1000 steps" if peer_full is not None else
-                            f"{K}-step runs of Imagen.sample with the same Unet (timesteps={K}), x 1000/{K}: "
-                            "its sampler runs the same two Unet passes per step"},
+                            f"Imagen.sample with the same Unet at timesteps={k1} and {k2} (medians), fitted "
+                            "a + b * steps and evaluated at 1000: every step runs the same two Unet passes "
+                            "(conditional, then unconditional)"},
             "ratio_peer_over_ours_fp32": peer_gen_s / median(gen["ours_fp32"]),
             "ratio_peer_over_ours_bf16": peer_gen_s / median(gen["ours_bf16"]),
             "floor": 50, "meets_floor": peer_gen_s / median(gen["ours_fp32"]) >= 50,
@@ -321,19 +335,22 @@ def run(args) -> dict:
                   "ours_achieved_flops_per_s": achieved, "matmul_peak_bf16": peak_bf16, "matmul_peak_fp32": peak_fp32,
                   "utilisation_bf16": achieved / peak_bf16["flops_per_s"],
                   "how": "FlopCounterMode (matmul, conv, attention; forward + backward) over the median bf16 step "
-                         "time; peak = best square bf16 torch.matmul on this machine at the same thread count"},
+                         "time; peak = best single square bf16 torch.matmul (512-2048) on this machine at the same thread count. "
+                         "Step times are medians that include moments when other processes hold the core, "
+                         "so on a loaded machine the utilisation is understated"},
     }
 
 
 def table(res: dict) -> str:
     tr, ge, fl, m = res["training"], res["generation"], res["flops"], res["models"]
     B = res["setup"]["batch"]
+    k1, k2 = ge["peer"]["timed_steps"]
     peer_how = ("measured" if ge["peer"]["measured_1000_s"] is not None
-                else f"extrapolated from {ge['peer']['timed_steps']}-step runs x {1000 // ge['peer']['timed_steps']}")
+                else f"extrapolated linearly from timed {k1}- and {k2}-step runs")
     s = ge["ours"]["settings"]
     lines = [
         f"Measured {res['date']} on {res['machine']['cpu']} ({res['machine']['logical_cpus']} logical CPUs), "
-        f"{res['threads']['ours']} threads per side, sides run alternately (ABAB, medians); load average "
+        f"torch threads per side: {res['threads']['ours']}, sides run alternately (ABAB, medians); load average "
         f"{res['machine']['load_avg_before'][0]:.2f} before, {res['machine']['load_avg_after'][0]:.2f} after "
         f"(the machine is shared, so expect noise). torch {res['machine']['torch_ours']} (ours), "
         f"{res['machine']['torch_peer']} (imagen-pytorch {res['machine']['imagen_pytorch']}).",
@@ -379,7 +396,7 @@ def write_readme(path: Path, res: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="per side; the sides never run at once")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--text-len", type=int, default=16)
     p.add_argument("--rounds", type=int, default=4, help="ABAB training rounds")
@@ -387,7 +404,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before the first round")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--gen-rounds", type=int, default=3)
-    p.add_argument("--peer-steps", type=int, default=50, help="timed peer sampling steps (extrapolated to 1000)")
+    p.add_argument("--peer-steps", default="10,50", help="two timed peer step counts; the fit is extrapolated to 1000")
     p.add_argument("--peer-full", action="store_true", help="also time the peer's full 1000 steps (minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "imagen_pytorch.json"))
