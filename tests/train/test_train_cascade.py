@@ -91,3 +91,9 @@ def test_folder_and_shard_data_train_and_resume(tmp_path, tiny_config, minilm, k
     # max_steps capped each stage at 2; the resumed run (no cap) adds the third step of each
     assert [(x["stage"], x["stage_step"]) for x in log] == [(0, 1), (0, 2), (1, 1), (1, 2), (0, 3), (1, 3)]
     assert Cascade.from_pretrained(out / "model", text_encoder=minilm).stages[1].resolution == 32
+
+
+def test_resume_with_another_architecture_is_a_clear_error(run_dir, tiny_config):
+    train(tiny_config(), run_dir, max_steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"does not fit stage 0 .*train_config.json"):
+        train(tiny_config("stages.0.stage.unet.dim=32"), run_dir, resume=True, progress=False)

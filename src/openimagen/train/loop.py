@@ -417,11 +417,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
                               eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay) for s in stages]
     done, step, position, scaler_state = [0] * len(stages), 0, [0, 0], None
     if found is not None:
-        state, saved = ckpt.load_checkpoint(found, len(stages))
-        for s, o, e, sv, n in zip(stages, opts, emas, saved, state["ema_updates"]):
-            s.unet.load_state_dict(sv["model"])
-            o.load_state_dict(sv["optim"])
-            e.load_state_dict(sv["ema"], n)
+        state, saved = _load_matching(found, cfg, stages, opts, emas)
         step, done = state["step"], list(state["stage_steps"])
         positions = state["data_positions"]
         position = positions[rank] if rank < len(positions) else positions[0]
@@ -504,6 +500,24 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def _load_matching(found: Path, cfg: TrainConfig, stages: list[Stage], opts: list, emas: list[EMA]):
+    """Load a checkpoint into the freshly built stages, or say in one line why it does not fit."""
+    fix = f"resume with the config it was written with ({found.parent.parent / 'train_config.json'})"
+    n_saved = len(ckpt._readable(found).get("stage_steps", []))
+    if n_saved != len(stages):
+        raise ValueError(f"checkpoint {found} has {n_saved} stages but the config has {len(stages)}; {fix}")
+    state, saved = ckpt.load_checkpoint(found, len(stages))
+    for k, (s, o, e, sv, n) in enumerate(zip(stages, opts, emas, saved, state["ema_updates"])):
+        try:
+            s.unet.load_state_dict(sv["model"])
+            o.load_state_dict(sv["optim"])
+            e.load_state_dict(sv["ema"], n)
+        except (RuntimeError, ValueError, KeyError) as err:
+            why = str(err).strip().splitlines()[0][:300]
+            raise ValueError(f"checkpoint {found} does not fit stage {k} of this config ({why}); {fix}") from None
+    return state, saved
 
 
 def _prepare(acc, unets: list, opts: list) -> tuple[list, list]:
