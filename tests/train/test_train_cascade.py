@@ -82,7 +82,8 @@ def test_folder_and_shard_data_train_and_resume(tmp_path, tiny_config, minilm, k
     out = tmp_path / "run"
     embed_captions([it["caption"] for it in items] + ["a red circle on a gray background"], minilm,
                    out / "embeddings", progress=False)
-    cfg = tiny_config(f"data.kind={kind}", "stages.0.steps=3", "stages.1.steps=3", "checkpoint_every=2")
+    # the data path alone picks the loader when the config is a shapes-world one (the CLI's --data)
+    cfg = tiny_config("stages.0.steps=3", "stages.1.steps=3", "checkpoint_every=2")
     train(cfg, out, data_path=str(data), max_steps=2, progress=False)  # stops after 2 steps per stage
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000004"
     train(cfg, out, data_path=str(data), resume=True, progress=False)  # the third step of each stage
@@ -90,6 +91,7 @@ def test_folder_and_shard_data_train_and_resume(tmp_path, tiny_config, minilm, k
     assert [x["step"] for x in log] == list(range(1, 7))
     # max_steps capped each stage at 2; the resumed run (no cap) adds the third step of each
     assert [(x["stage"], x["stage_step"]) for x in log] == [(0, 1), (0, 2), (1, 1), (1, 2), (0, 3), (1, 3)]
+    assert json.loads((out / "train_config.json").read_text())["data"]["kind"] == kind
     assert Cascade.from_pretrained(out / "model", text_encoder=minilm).stages[1].resolution == 32
 
 

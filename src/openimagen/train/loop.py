@@ -184,6 +184,17 @@ def build_dataset(cfg: TrainConfig):
     return ImageCaptionShards(d.path, res, hflip=d.hflip, seed=d.seed)
 
 
+def _guess_data_kind(path: str) -> str:
+    """A data path given to a shapes-world config: tar shards -> "webdataset", anything else -> "folder"."""
+    p = Path(path)
+    if path.endswith(".tar") or "://" in path or path.startswith("pipe:") or any(c in path for c in "{*?["):
+        return "webdataset"
+    if p.is_dir() and any(p.glob("*.tar")) and not any(f.is_dir() or f.suffix.lower() != ".tar"
+                                                        for f in p.iterdir() if not f.name.startswith(".")):
+        return "webdataset"
+    return "folder"
+
+
 def collect_captions(dataset) -> list[str]:
     if hasattr(dataset, "captions"):
         return list(dataset.captions)
@@ -371,7 +382,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
 
     resume: continue from the newest complete checkpoint in out_dir (start afresh if there is none).
     max_steps: cap every stage's steps (a smoke run still trains the whole cascade).
-    data_path: overrides cfg.data.path.
+    data_path: overrides cfg.data.path; with a shapes-world config it switches to "webdataset" for
+        tar shards and to "folder" for anything else.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -382,7 +394,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         raise TypeError(f"cfg must be a TrainConfig (see load_train_config), got {type(cfg).__name__}")
     cfg = with_max_steps(cfg, max_steps)
     if data_path is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data_path)))
+        kind = cfg.data.kind if cfg.data.kind != "shapes" else _guess_data_kind(str(data_path))
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, kind=kind, path=str(data_path)))
     validate_unets(cfg)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' on the CPU (or 'no')")
