@@ -128,6 +128,8 @@ def cmd_evaluate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="openimagen", description="Cascaded text-to-image diffusion (Imagen, DeepFloyd IF).")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=_positive_int("--threads"), default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models on a busy machine)")
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images from a prompt with every stage of a cascade")
@@ -186,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from .config import ConfigError
 
     try:
