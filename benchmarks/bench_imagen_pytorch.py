@@ -324,7 +324,7 @@ def run(args) -> dict:
                      "extrapolated_1000_s": peer_1000, "measured_1000_s": peer_full,
                      "seconds_used": peer_gen_s,
                      "how": "measured 1000 steps" if peer_full is not None else
-                            f"Imagen.sample with the same Unet at timesteps={k1} and {k2} (medians), fitted "
+                            f"from Imagen.sample runs with the same Unet at timesteps={k1} and {k2} (medians), fitted "
                             "a + b * steps and evaluated at 1000: every step runs the same two Unet passes "
                             "(conditional, then unconditional)"},
             "ratio_peer_over_ours_fp32": peer_gen_s / median(gen["ours_fp32"]),
@@ -380,10 +380,44 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def notes(res: dict) -> str:
+    ge, m = res["generation"], res["models"]
+    pe = ge["peer"]
+    return "\n".join([
+        "How it is measured:",
+        f"- One command runs both systems; ours in this process, imagen-pytorch in its own venv behind a pipe. They "
+        f"take turns (training: {res['setup']['rounds']} rounds x {res['setup']['steps_per_round']} timed steps per "
+        "side after warm-up; generation: 3 rounds), never at once, each with `torch.set_num_threads` = the stated "
+        "count. One thread is the default because this 2-core machine is shared: 2-thread steps stalled 5-10x "
+        "whenever another process took a core (`--threads 2` on a quiet machine).",
+        "- Training step, ours: the trainer's own `train.loop.stage_loss` for stage 0 of `shapes-small` (v-prediction, "
+        "cosine schedule, min-SNR 5, caption dropout 0.1) and backward under bf16 autocast, gradient clipping at 1.0, "
+        "AdamW; imagen-pytorch: `Imagen(...)(images, text_embeds=, text_masks=)` (its defaults: eps objective, cosine, "
+        "min-SNR 5, cond_drop_prob 0.1), backward, Adam with ImagenTrainer's defaults; its bf16 row is the same under "
+        "`torch.autocast` (what `ImagenTrainer(precision=\"bf16\")` does through accelerate). EMA is left out on "
+        "both sides. The ratio compares our bf16 step with the peer's faster precision.",
+        f"- The peer's U-Net is the closest parameter count on a grid of dim x dim_mults x num_resnet_blocks, with "
+        f"attention at the same levels as ours; `max_text_len` is set to the text length (its default of 256 pads "
+        f"every prompt to 256 tokens). Both have about the same FLOPs per step, so the throughput ratio is "
+        f"implementation efficiency, not model size.",
+        f"- Generation: untrained weights, with every all-zero tensor (zero-initialised output layers) filled with "
+        f"small noise on both sides so no work is trivial. Ours: `Cascade.generate(stop_at=1)` with the settings of "
+        f"{ge['ours']['settings_source']}, one batched pass over [uncond; cond] per step, in fp32 (the default) and "
+        f"bf16 autocast. imagen-pytorch: `Imagen.sample(text_embeds=, text_masks=, cond_scale=)` at its default 1000 "
+        f"steps; the time is {pe['how']} ({pe['per_step_s']:.3f} s per step + {pe['fixed_s']:.2f} s fixed)"
+        + (f"; a measured 1000-step run took {pe['measured_1000_s']:.0f} s." if pe["measured_1000_s"] else "."),
+        "- FLOP utilisation: FLOPs of our bf16 training step counted by `torch.utils.flop_counter.FlopCounterMode` "
+        "(matmuls, convolutions, attention; forward + backward), over the median step time, divided by the best "
+        "single square bf16 `torch.matmul` (512-2048) at the same thread count. Step times are medians that include "
+        "moments when other processes hold the core, so on a loaded machine the utilisation is understated.",
+    ])
+
+
 def write_readme(path: Path, res: dict) -> None:
-    body = (f"{SECTION}\n\n{table(res)}\n\nReproduce (about {res['elapsed_s'] / 60:.0f} minutes on 2 cores; needs "
-            f"`../shared/peers/imagen_pytorch.sh` once):\n\n```\n{res['command'].strip()}\n```\n\n"
-            f"Raw timings, configs and the parameter search: `benchmarks/results/imagen_pytorch.json`.\n")
+    body = (f"{SECTION}\n\n{table(res)}\n\n{notes(res)}\n\nReproduce (about {res['elapsed_s'] / 60:.0f} minutes on 2 "
+            f"cores; needs `../shared/peers/imagen_pytorch.sh` once):\n\n```\n{res['command'].strip()}\n```\n\n"
+            f"Raw timings, configs and the parameter search: `benchmarks/results/imagen_pytorch.json`. "
+            f"`--render` rewrites this section from that file without measuring.\n")
     text = path.read_text() if path.exists() else "# Benchmarks\n"  # re-read right before writing
     start = text.find(SECTION)
     if start < 0:
@@ -409,7 +443,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "imagen_pytorch.json"))
     p.add_argument("--readme", default=str(ROOT / "benchmarks" / "README.md"), help="'' to skip")
+    p.add_argument("--render", action="store_true", help="only rewrite the README section from --out")
     args = p.parse_args()
+    if args.render:
+        write_readme(Path(args.readme), json.loads(Path(args.out).read_text()))
+        return
     t0 = time.perf_counter()
     res = run(args)
     res["elapsed_s"] = time.perf_counter() - t0
