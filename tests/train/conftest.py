@@ -40,7 +40,7 @@ def tiny_config():
 def embedding_cache(tmp_path_factory, minilm) -> Path:
     """out_dir/embeddings for the tiny config (data.size=32 captions + the sample prompt)."""
     from openimagen.data.embeddings import embed_captions
-    from openimagen.train.loop import build_dataset, collect_captions
+    from openimagen.train.data import build_dataset, collect_captions
 
     cfg = _tiny_config()
     folder = tmp_path_factory.mktemp("cache") / "embeddings"

@@ -5,7 +5,8 @@ import pytest
 
 from openimagen.config import ConfigError, to_dict
 from openimagen.train import TRAIN_PRESETS, TrainConfig, load_train_config, train
-from openimagen.train.loop import learning_rate, next_stage
+from openimagen.train.data import next_stage
+from openimagen.train.loop import learning_rate
 
 
 def test_presets_build_and_round_trip():

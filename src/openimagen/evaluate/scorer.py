@@ -145,9 +145,11 @@ class FidelityReport:
     accuracy: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)        # prompts that were checked per attribute
     unavailable: dict[str, str] = field(default_factory=dict)   # attribute -> why it was not checked
+    items: list[dict] = field(default_factory=list)             # per image: {"caption", "scores": {attr: bool|None}}
 
     def as_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "counts": self.counts, "unavailable": self.unavailable}
+        return {"accuracy": self.accuracy, "counts": self.counts, "unavailable": self.unavailable,
+                "items": self.items}
 
     def summary(self) -> str:
         parts = [f"{k} {self.accuracy[k]:.1%} (n={self.counts[k]})" for k in ATTRIBUTES if k in self.accuracy]
@@ -167,6 +169,7 @@ def score_many(images, captions) -> FidelityReport:
         warnings.simplefilter("ignore")   # one note in the report instead of a warning per image
         for image, text in zip(images, captions):
             verdicts, notes = score(image, text, details=True)
+            report.items.append({"caption": text, "scores": dict(verdicts)})
             for k, v in verdicts.items():
                 if v is None:
                     report.unavailable[k] = notes[k]
