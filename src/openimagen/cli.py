@@ -105,11 +105,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from .data.embeddings import embed_captions_from_source
+    from .train import embed_dataset, load_train_config
 
-    index = embed_captions_from_source(args.data, args.out, encoder=args.encoder, t5=args.t5,
-                                       batch_size=args.batch_size, progress=not args.quiet)
-    print(f"embeddings written to {index}")
+    cfg = load_train_config(args.preset, args.config, args.set or [])
+    folder = embed_dataset(cfg, args.out, data_path=args.data, progress=not args.quiet)
+    print(f"embeddings written to {folder}; `openimagen train --out {args.out} ...` with the same "
+          "preset/config will use them")
     return 0
 
 
@@ -125,12 +126,18 @@ def cmd_evaluate(args) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line naming the problem and where to look, instead of the usage block.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="openimagen", description="Cascaded text-to-image diffusion (Imagen, DeepFloyd IF).")
+    p = _Parser(prog="openimagen", description="Cascaded text-to-image diffusion (Imagen, DeepFloyd IF).")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=_positive_int("--threads"), default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is often fastest for small models on a busy machine)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="generate images from a prompt with every stage of a cascade")
     g.add_argument("prompt", nargs="+", help="one or more prompts")
@@ -165,12 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue exactly where the run in --out stopped")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("embed", help="encode every caption of a dataset once into safetensors shards")
-    e.add_argument("data", help="an image-caption folder, webdataset shards, or 'shapes'")
-    e.add_argument("--out", required=True, help="folder for the embedding shards")
-    e.add_argument("--encoder", default="minilm", choices=["minilm", "t5"], help="text encoder (default: bundled MiniLM)")
-    e.add_argument("--t5", default="google/t5-v1_1-base", help="T5 name or folder when --encoder t5")
-    e.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64)
+    e = sub.add_parser("embed", help="encode every caption of the training data once (before `train`)")
+    e.add_argument("--preset", default=None, help="the training preset the run will use (picks the text encoder)")
+    e.add_argument("--config", default=None, help="the training config file the run will use")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="config overrides, as for train")
+    e.add_argument("--data", default=None, help="an image-caption folder or webdataset shards (default: shapes world)")
+    e.add_argument("--out", required=True, help="the run folder; embeddings go to OUT/embeddings")
     e.set_defaults(func=cmd_embed)
 
     v = sub.add_parser("evaluate", help="score prompt fidelity of a model on shapes-world prompts")

@@ -13,11 +13,12 @@ from .config import (
     read_config_file,
     with_max_steps,
 )
+from .data import embed_dataset
 from .ema import EMA
 from .loop import train
 from .presets import TRAIN_PRESETS
 
 __all__ = [
     "TrainConfig", "StageTrainConfig", "DataConfig", "OptimConfig", "load_train_config", "read_config_file",
-    "with_max_steps", "train", "TRAIN_PRESETS", "EMA",
+    "with_max_steps", "train", "embed_dataset", "TRAIN_PRESETS", "EMA",
 ]

@@ -169,6 +169,26 @@ def with_max_steps(cfg: TrainConfig, max_steps: int | None) -> TrainConfig:
     return dataclasses.replace(cfg, stages=stages)
 
 
+def with_data_path(cfg: TrainConfig, data_path: str | None) -> TrainConfig:
+    """Point the run at `data_path` (the CLI's --data); a shapes-world config switches to the path's kind."""
+    if data_path is None:
+        return cfg
+    kind = cfg.data.kind if cfg.data.kind != "shapes" else guess_data_kind(str(data_path))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, kind=kind, path=str(data_path)))
+
+
+def guess_data_kind(path: str) -> str:
+    """A data path given to a shapes-world config: tar shards -> "webdataset", anything else -> "folder"."""
+    p = Path(path)
+    if path.endswith(".tar") or "://" in path or path.startswith("pipe:") or any(c in path for c in "{*?["):
+        return "webdataset"
+    if p.is_dir() and any(p.glob("*.tar")) and not any(f.is_dir() or f.suffix.lower() != ".tar"
+                                                        for f in p.iterdir() if not f.name.startswith(".")):
+        return "webdataset"
+    return "folder"
+
+
+
 def validate_unets(cfg: TrainConfig) -> None:
     """Build each stage's U-Net config (not the network) so a bad key fails before any work starts."""
     from ..pipeline import _unet_classes

@@ -70,17 +70,6 @@ def build_dataset(cfg: TrainConfig):
     return ImageCaptionShards(d.path, res, hflip=d.hflip, seed=d.seed)
 
 
-def guess_data_kind(path: str) -> str:
-    """A data path given to a shapes-world config: tar shards -> "webdataset", anything else -> "folder"."""
-    p = Path(path)
-    if path.endswith(".tar") or "://" in path or path.startswith("pipe:") or any(c in path for c in "{*?["):
-        return "webdataset"
-    if p.is_dir() and any(p.glob("*.tar")) and not any(f.is_dir() or f.suffix.lower() != ".tar"
-                                                        for f in p.iterdir() if not f.name.startswith(".")):
-        return "webdataset"
-    return "folder"
-
-
 def collect_captions(dataset) -> list[str]:
     if hasattr(dataset, "captions"):
         return list(dataset.captions)
@@ -234,20 +223,39 @@ class EmbeddingLookup:
 
     @classmethod
     def build(cls, cfg: TrainConfig, captions: list[str], folder: Path, acc, progress: bool) -> "EmbeddingLookup":
-        from ..data.embeddings import INDEX, EmbeddingCache, embed_captions
-        from ..text import text_encoder_from_spec
+        from ..data.embeddings import EmbeddingCache
 
-        spec = _full_spec(cfg.text_encoder)
         if acc.is_main_process:
-            cache = EmbeddingCache(folder) if (folder / INDEX).is_file() else None
-            if cache is not None:
-                cache.check_encoder(spec)
-            if cache is None or cache.missing(captions):
-                encoder = text_encoder_from_spec(spec, device=acc.device)
-                embed_captions(captions, encoder, folder, progress=progress)
-                del encoder
+            ensure_embeddings(cfg, captions, folder, device=acc.device, progress=progress)
         acc.wait_for_everyone()
-        return cls(EmbeddingCache(folder), spec)
+        return cls(EmbeddingCache(folder), _full_spec(cfg.text_encoder))
+
+
+def ensure_embeddings(cfg: TrainConfig, captions: list[str], folder: Path, device="cpu", progress: bool = True) -> Path:
+    """Encode the captions not yet in the cache at `folder` (all of them the first time); returns folder."""
+    from ..data.embeddings import INDEX, EmbeddingCache, embed_captions
+    from ..text import text_encoder_from_spec
+
+    spec = _full_spec(cfg.text_encoder)
+    cache = EmbeddingCache(folder) if (folder / INDEX).is_file() else None
+    if cache is not None:
+        cache.check_encoder(spec)
+    if cache is None or cache.missing(captions):
+        encoder = text_encoder_from_spec(spec, device=device)
+        embed_captions(captions, encoder, folder, progress=progress)
+    return folder
+
+
+def embed_dataset(cfg: TrainConfig, out_dir, *, data_path: str | None = None, progress: bool = True) -> Path:
+    """`openimagen embed`: encode every caption of the run's data into `out_dir/embeddings` once.
+
+    A later `train(cfg, out_dir)` finds the cache and never loads the text encoder.
+    """
+    from .config import with_data_path
+
+    cfg = with_data_path(cfg, data_path)
+    captions = collect_captions(build_dataset(cfg)) + list(cfg.sample_prompts)
+    return ensure_embeddings(cfg, captions, Path(out_dir) / "embeddings", progress=progress)
 
 
 def _full_spec(spec: dict) -> dict:

@@ -19,7 +19,6 @@ batch; only the main process writes files.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -35,8 +34,8 @@ from ..config import save_json, to_dict
 from ..diffusion import diffusion_loss
 from ..pipeline import Cascade, Stage
 from . import checkpoint as ckpt
-from .config import TrainConfig, validate_unets, with_max_steps
-from .data import EmbeddingLookup, build_dataset, collect_captions, data_batches, guess_data_kind, next_stage
+from .config import TrainConfig, validate_unets, with_data_path, with_max_steps
+from .data import EmbeddingLookup, build_dataset, collect_captions, data_batches, next_stage
 from .ema import EMA
 
 log = logging.getLogger("openimagen.train")
@@ -148,9 +147,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig (see load_train_config), got {type(cfg).__name__}")
     cfg = with_max_steps(cfg, max_steps)
-    if data_path is not None:
-        kind = cfg.data.kind if cfg.data.kind != "shapes" else guess_data_kind(str(data_path))
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, kind=kind, path=str(data_path)))
+    cfg = with_data_path(cfg, data_path)
     validate_unets(cfg)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' on the CPU (or 'no')")
