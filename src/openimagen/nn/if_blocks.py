@@ -254,8 +254,9 @@ class UpBlock(nn.Module):
 
     def forward(self, h: Tensor, skips: list[Tensor], emb: Tensor, ctx: Tensor,
                 size: tuple[int, int] | None = None) -> Tensor:
+        """`skips` is consumed: each skip is popped as it is used, so its memory is freed right away."""
         for i, resnet in enumerate(self.resnets):
-            h = resnet(torch.cat([h, skips[-1 - i]], dim=1), emb)  # (B, C + Cskip, H, W) -> (B, Cout, H, W)
+            h = resnet(torch.cat([h, skips.pop()], dim=1), emb)  # (B, C + Cskip, H, W) -> (B, Cout, H, W)
             if self.attentions is not None:
                 h = self.attentions[i](h, ctx)
         if self.upsamplers is not None:

@@ -324,13 +324,20 @@ class IFUNet(nn.Module):
         h = self._call(self.mid_block, h, res_emb, ctx)
         for block in self.up_blocks:
             k = len(block.resnets)
-            skips, taken = skips[:-k], skips[-k:]
-            size = tuple(skips[-1].shape[-2:]) if skips else None  # upsample to the next skip's size
-            h = self._call(block, h, taken, res_emb, ctx, size)
+            size = tuple(skips[-k - 1].shape[-2:]) if len(skips) > k else None  # upsample to the next skip's size
+            if self._checkpointing():  # the recomputation needs the skips again: hand over tensors, not the list
+                taken, skips = skips[-k:], skips[:-k]
+                h = torch.utils.checkpoint.checkpoint(
+                    _up_from_tensors, block, res_emb, ctx, size, h, *taken, use_reentrant=False)
+            else:
+                h = block(h, skips, res_emb, ctx, size)  # pops its k skips: each is freed once used
         return self.conv_out(F.gelu(self.conv_norm_out(h)))
 
+    def _checkpointing(self) -> bool:
+        return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+
     def _call(self, block: nn.Module, *args):
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        if self._checkpointing():
             return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
@@ -357,6 +364,10 @@ class IFUNet(nn.Module):
         state = _read_state_dict(unet_dir, expected, dtype=dtype, device=torch.device(device or "cpu"))
         model.load_state_dict(state, strict=True, assign=True)
         return model.eval()
+
+
+def _up_from_tensors(block: nn.Module, emb: Tensor, ctx: Tensor, size, h: Tensor, *skips: Tensor) -> Tensor:
+    return block(h, list(skips), emb, ctx, size)  # a fresh list per call: recomputation pops it again
 
 
 def _per_sample(t: Tensor | float, B: int, device: torch.device) -> Tensor:
