@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread avoids scheduling waits on a shared 2-core machine
 
 
 @pytest.fixture(scope="session")
