@@ -4,15 +4,14 @@ Imagen (Saharia et al. 2022, §2): a base model draws a small image from the tex
 super-resolution stage sees the text and a noise-augmented, upsampled copy of the previous image
 (noise-conditioning augmentation, §2.4; Ho et al. 2021 "Cascaded Diffusion Models").
 
-This file is where `nn/` (networks that know nothing about noise) and `diffusion/` (math that knows
-nothing about networks) meet: `Stage.model` turns a U-Net into the denoiser contract.
+A stage (stage.py) is one U-Net with its schedule and sampling defaults; this file runs them in order,
+saves and loads them.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,19 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ConfigError, from_dict, load_json, save_json, to_dict
+from .config import from_dict, load_json, save_json, to_dict
 from .diffusion import (
     SAMPLERS,
-    Denoised,
     Parameterization,
-    ScheduleConfig,
     classifier_free_guidance,
     dynamic_threshold,
     as_timesteps,
-    make_schedule,
     respaced_timesteps,
     static_threshold,
 )
+from .stage import Stage, StageConfig, _randn, unet_classes
 from .text import TextEncoder, check_prompts, text_encoder_from_spec
 
 FORMAT = "openimagen-cascade"
@@ -40,102 +37,6 @@ FORMAT = "openimagen-cascade"
 
 class ModelFolderError(ValueError):
     """A model folder is missing a file or holds a corrupt one."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Stage: one U-Net with its noise schedule, parameterisation and sampling defaults
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    resolution: int
-    unet: dict                                  # the U-Net's own config (see `unet_kind`)
-    unet_kind: str = "efficient"                # "efficient" (nn/efficient_unet.py) | "if" (nn/if_unet.py)
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="cosine"))
-    parameterization: Parameterization = field(default_factory=Parameterization)
-    lowres: bool = False                        # super-resolution stage: conditioned on the previous image
-    lowres_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="linear"))
-    lowres_aug: float = 0.2                     # sampling aug level, in lowres_schedule's time units
-    lowres_resize: str = "bilinear"             # how the previous image is enlarged: "bilinear" | "bicubic" | "nearest"
-    lowres_align_corners: bool = False          # IF: bilinear with align_corners=True
-    sampler: str = "ddpm"
-    steps: int | str = 50                       # a count, or a named list such as "smart50" (discrete schedules)
-    guidance: float = 5.0
-    threshold: str = "dynamic"                  # "dynamic" | "static" | "none"
-    threshold_percentile: float = 0.95
-    threshold_max: float | None = None          # IF: 1.5 for stage I, 1.0 for stage II
-
-
-RESIZE_MODES = ("bilinear", "bicubic", "nearest")
-
-
-def _unet_classes(kind: str):
-    if kind == "efficient":
-        from .nn.efficient_unet import EfficientUNet, UNetConfig
-
-        return UNetConfig, EfficientUNet
-    if kind == "if":
-        from .nn.if_unet import IFUNet, IFUNetConfig
-
-        return IFUNetConfig, IFUNet
-    raise ConfigError(f"unknown unet_kind {kind!r}; expected 'efficient' or 'if'")
-
-
-class Stage(torch.nn.Module):
-    """A U-Net plus everything needed to sample from it (schedule, parameterisation, defaults)."""
-
-    def __init__(self, config: StageConfig, unet: torch.nn.Module | None = None):
-        super().__init__()
-        if config.sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {config.sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if config.lowres_resize not in RESIZE_MODES:
-            raise ConfigError(f"unknown lowres_resize {config.lowres_resize!r}; choose one of {list(RESIZE_MODES)}")
-        self.config = config
-        self.schedule = make_schedule(config.schedule)
-        self.lowres_schedule = make_schedule(config.lowres_schedule)
-        self.parameterization = config.parameterization
-        if unet is None:
-            cfg_cls, net_cls = _unet_classes(config.unet_kind)
-            unet = net_cls(from_dict(cfg_cls, config.unet, where="unet"))
-        self.unet = unet
-
-    @property
-    def resolution(self) -> int:
-        return self.config.resolution
-
-    def model(self, x: Tensor, t: Tensor, cond: dict) -> Denoised:
-        """The denoiser contract: x_t, t (schedule units) and conditioning -> Denoised."""
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        lowres, lowres_t = cond.get("lowres"), cond.get("lowres_t")
-        dtype = next(self.unet.parameters()).dtype  # fp16/bf16 weights get inputs of their dtype; state stays fp32
-        out = self.unet(
-            x.to(dtype),
-            self.schedule.model_time(t),
-            cond["text_embeds"].to(dtype),
-            cond.get("text_mask"),
-            lowres=None if lowres is None else lowres.to(dtype),
-            lowres_t=None if lowres_t is None else self.lowres_schedule.model_time(lowres_t),
-        )
-        return self.parameterization.to_denoised(out.float(), x, alpha, sigma)
-
-    def augment_lowres(self, lowres: Tensor, aug_t: float, generator: torch.Generator | None,
-                       size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-        """Upsample the previous stage's image to `size` (default: the stage's resolution) and noise it to
-        level `aug_t` (noise-conditioning augmentation). One draw, fixed for every sampling step."""
-        size = size or (self.resolution, self.resolution)
-        cfg = self.config
-        align = cfg.lowres_align_corners if cfg.lowres_resize != "nearest" else None
-        up = F.interpolate(lowres.float(), size=size, mode=cfg.lowres_resize, align_corners=align)
-        t = torch.full((up.shape[0],), float(aug_t), device=up.device)
-        alpha, sigma = self.lowres_schedule.alpha_sigma(t)
-        noise = _randn(up.shape, generator, up.device)
-        return alpha.view(-1, 1, 1, 1) * up + sigma.view(-1, 1, 1, 1) * noise, t
-
-
-def _randn(shape, generator: torch.Generator | None, device) -> Tensor:
-    # Drawn on the generator's device, then moved: the same numbers on CPU and GPU for one seed.
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,7 +367,7 @@ def _load_stage(d: Path, device, dtype) -> Stage:
     if not weights.is_file():
         raise ModelFolderError(f"{weights} is missing; copy the weights back or re-save the model")
     config = from_dict(StageConfig, load_json(cfg_path), where=str(cfg_path))
-    cfg_cls, net_cls = _unet_classes(config.unet_kind)
+    cfg_cls, net_cls = unet_classes(config.unet_kind)
     unet_cfg = from_dict(cfg_cls, config.unet, where=f"{cfg_path}: unet")
     with torch.device("meta"):  # no time spent on random init that the weights overwrite
         unet = net_cls(unet_cfg)

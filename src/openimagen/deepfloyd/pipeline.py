@@ -27,7 +27,8 @@ import torch
 from ..config import to_dict
 from ..diffusion import Parameterization, ScheduleConfig
 from ..nn.if_unet import IFCheckpointError, IFUNet, IFUNetConfig, if_stage
-from ..pipeline import Cascade, Stage, StageConfig
+from ..pipeline import Cascade
+from ..stage import Stage, StageConfig
 from ..text import T5Encoder
 
 LAYOUT = (

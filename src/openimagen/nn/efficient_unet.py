@@ -20,8 +20,6 @@ full-resolution features again.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable
 

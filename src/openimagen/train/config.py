@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, from_dict, to_dict
-from ..pipeline import StageConfig
+from ..stage import StageConfig
 
 DATA_KINDS = ("shapes", "folder", "webdataset")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -191,10 +191,10 @@ def guess_data_kind(path: str) -> str:
 
 def validate_unets(cfg: TrainConfig) -> None:
     """Build each stage's U-Net config (not the network) so a bad key fails before any work starts."""
-    from ..pipeline import _unet_classes
+    from ..stage import unet_classes
 
     for i, s in enumerate(cfg.stages):
-        cfg_cls, _ = _unet_classes(s.stage.unet_kind)
+        cfg_cls, _ = unet_classes(s.stage.unet_kind)
         try:
             from_dict(cfg_cls, s.stage.unet, where=f"stages.{i}.stage.unet")
         except ConfigError:

@@ -32,7 +32,8 @@ from torch import Tensor
 
 from ..config import save_json, to_dict
 from ..diffusion import diffusion_loss
-from ..pipeline import Cascade, Stage
+from ..pipeline import Cascade
+from ..stage import Stage
 from . import checkpoint as ckpt
 from .config import TrainConfig, validate_unets, with_data_path, with_max_steps
 from .data import EmbeddingLookup, build_dataset, collect_captions, data_batches, next_stage

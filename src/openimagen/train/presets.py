@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..config import to_dict
 from ..diffusion import Parameterization, ScheduleConfig
-from ..pipeline import StageConfig
+from ..stage import StageConfig
 from .config import DataConfig, OptimConfig, StageTrainConfig, TrainConfig
 
 MINILM = {"kind": "minilm", "max_length": 32}
