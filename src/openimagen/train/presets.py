@@ -82,8 +82,10 @@ def shapes_small() -> TrainConfig:
 
     Budget: about an hour on 2 CPU cores. Measured on the shared 2-core dev machine with bf16
     (fwd + bwd + AdamW, 2 threads, busy machine so numbers are upper bounds on time):
-      base 32 px, batch 16:              ~1.7 s/step (4.1 GFLOP/sample)  -> 2000 steps ~ 55 min
-      SR 64 px on 32 px crops, batch 16: ~0.4 s/step (1.0 GFLOP/sample) -> 1500 steps ~ 10 min
+      base 32 px, batch 16:              ~1.7 s/step (4.1 GFLOP/sample)
+      SR 64 px on 32 px crops, batch 16: ~0.4 s/step (1.0 GFLOP/sample)
+    With `--threads 1` (less stalling on a busy machine) the bundled model's run took 0.6-0.9 s/step
+    for the base's 3500 steps; README, "The bundled model", gives the measured total.
     The SR stage trains on random 32 px crops of the 64 px image (with the matching 16 px
     low-res crop), as Imagen trains its SR stages: a quarter of the cost, and the network is
     fully convolutional so it samples whole 64 px images. To trade time for quality scale
@@ -94,7 +96,7 @@ def shapes_small() -> TrainConfig:
     return TrainConfig(
         text_encoder=dict(MINILM),
         stages=(
-            StageTrainConfig(stage=_stage(32, base, lowres=False), steps=2000, batch_size=16, min_snr_gamma=5.0),
+            StageTrainConfig(stage=_stage(32, base, lowres=False), steps=3500, batch_size=16, min_snr_gamma=5.0),
             StageTrainConfig(stage=_stage(64, sr, lowres=True), steps=1500, batch_size=16, min_snr_gamma=5.0,
                              lowres_aug_max=0.5, crop=32),
         ),
