@@ -267,3 +267,16 @@ def test_tiny_unet_overfits_one_batch():
         losses.append(loss.item())
     print(f"\n  overfit: loss {losses[0]:.3g} -> {losses[-1]:.3g}")
     assert losses[-1] < losses[0] / 10
+
+
+def test_coordinate_channels_break_translation_equivariance():
+    # Without coordinates a spatially constant input gives an output that is constant away from the
+    # border (convolutions and FiLM are blind to location); with them it varies across the interior.
+    x = torch.full((1, 3, 64, 64), 0.3)
+    t, text = torch.tensor([500.0]), torch.randn(1, 4, 32)
+    spreads = {}
+    for coords in (False, True):
+        model = _model(coord_channels=coords, attn_levels=(False, False), num_res_blocks=1)
+        interior = model(x, t, text)[..., 28:36, 28:36]  # (1, C, 8, 8)
+        spreads[coords] = float((interior - interior.mean(dim=(-2, -1), keepdim=True)).abs().max())
+    assert spreads[False] < 1e-5 < 1e-3 < spreads[True]

@@ -50,6 +50,9 @@ class UNetConfig:
     dropout: float = 0.0
     memory_efficient: bool = False  # downsample before the blocks of each level (Efficient U-Net)
     scale_skip: bool = True  # multiply skip connections by 2^-0.5
+    # Concatenate x/y coordinates in [-1, 1] to the input (CoordConv, Liu et al. 2018). Attention and
+    # FiLM carry no location, so "on the left" / "above" must otherwise be inferred from zero padding.
+    coord_channels: bool = False
 
     def __post_init__(self):
         for name in ("dim_mults", "num_res_blocks", "attn_levels", "cross_attn_levels"):
@@ -156,7 +159,7 @@ class EfficientUNet(nn.Module):
         self.null_text = nn.Parameter(torch.randn(1, 1, Dc) * 0.02)
         self.text_pool = AttentionPool(Dc, cfg.head_dim(Dc), E) if cfg.attn_pool_text else None
 
-        in_ch = cfg.in_channels * (2 if cfg.lowres_cond else 1)
+        in_ch = cfg.in_channels * (2 if cfg.lowres_cond else 1) + (2 if cfg.coord_channels else 0)
         self.init_conv = nn.Conv2d(in_ch, cfg.dim, 3, padding=1)
 
         # down path; skip_chans records the channels of every skip, consumed in reverse by the up path
@@ -269,6 +272,8 @@ class EfficientUNet(nn.Module):
 
         # Plain NCHW on purpose: on CPU (oneDNN, bf16) channels_last sped the convs up ~10% but made
         # GroupNorm's backward ~10x slower, a net loss of ~15% per training step.
+        if cfg.coord_channels:
+            x = torch.cat([x, _coordinates(x)], dim=1)  # (B, C + 2, H, W)
         h = self.init_conv(x)  # (B, dim, H, W)
         h0, skips = h, []
         for level in self.down:
@@ -307,6 +312,15 @@ class EfficientUNet(nn.Module):
 # presets: named factories; keyword arguments override any field, e.g. PRESETS["base64"](text_embed_dim=384)
 
 
+def _coordinates(x: Tensor) -> Tensor:
+    """(B, 2, H, W): x then y pixel-centre coordinates in [-1, 1]."""
+    B, _, H, W = x.shape
+    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=x.device, dtype=x.dtype)
+    grid = torch.stack([xs.view(1, W).expand(H, W), ys.view(H, 1).expand(H, W)])  # (2, H, W)
+    return grid.expand(B, 2, H, W)
+
+
 def _preset(**defaults) -> Callable[..., UNetConfig]:
     def factory(**overrides) -> UNetConfig:
         return UNetConfig(**{**defaults, **overrides})
@@ -332,7 +346,8 @@ PRESETS: dict[str, Callable[..., UNetConfig]] = {
     # CPU-trainable shapes-world cascade (32x32 base, then 32 -> 64) at the MiniLM text width.
     # Sizes are a first guess (~3M and ~2M parameters); tune here, nowhere else.
     "shapes-base": _preset(dim=48, dim_mults=(1, 2, 2), num_res_blocks=2, attn_levels=(False, True, True),
-                           attn_head_dim=32, cond_dim=64, num_groups=16, text_embed_dim=384),
+                           attn_head_dim=32, cond_dim=64, num_groups=16, text_embed_dim=384,
+                           coord_channels=True),
     "shapes-sr": _preset(dim=32, dim_mults=(1, 2, 3), num_res_blocks=(1, 2, 2),
                          attn_levels=(False, False, False), cross_attn_levels=(False, False, True),
                          attn_head_dim=32, num_groups=16, text_embed_dim=384, time_embed_dim=128,

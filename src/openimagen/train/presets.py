@@ -46,7 +46,7 @@ def _stage(resolution: int, unet: dict, lowres: bool, **kw) -> StageConfig:
         lowres_aug=0.2 if lowres else 0.0,
         sampler="dpmpp_2m",
         steps=25,
-        guidance=3.0,
+        guidance=5.0,
         threshold="dynamic",
         **kw,
     )
