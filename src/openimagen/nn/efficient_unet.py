@@ -346,8 +346,7 @@ PRESETS: dict[str, Callable[..., UNetConfig]] = {
     # CPU-trainable shapes-world cascade (32x32 base, then 32 -> 64) at the MiniLM text width.
     # Sizes are a first guess (~3M and ~2M parameters); tune here, nowhere else.
     "shapes-base": _preset(dim=48, dim_mults=(1, 2, 2), num_res_blocks=2, attn_levels=(False, True, True),
-                           attn_head_dim=32, cond_dim=64, num_groups=16, text_embed_dim=384,
-                           coord_channels=True),
+                           attn_head_dim=32, cond_dim=64, num_groups=16, text_embed_dim=384),
     "shapes-sr": _preset(dim=32, dim_mults=(1, 2, 3), num_res_blocks=(1, 2, 2),
                          attn_levels=(False, False, False), cross_attn_levels=(False, False, True),
                          attn_head_dim=32, num_groups=16, text_embed_dim=384, time_embed_dim=128,

@@ -43,7 +43,7 @@ def _stage(resolution: int, unet: dict, lowres: bool, **kw) -> StageConfig:
         parameterization=Parameterization(kind="v"),
         lowres=lowres,
         lowres_schedule=ScheduleConfig(kind="linear"),
-        lowres_aug=0.2 if lowres else 0.0,
+        lowres_aug=0.08 if lowres else 0.0,  # measured: 0.2 blurred shapes away in the small SR stage
         sampler="dpmpp_2m",
         steps=25,
         guidance=5.0,
@@ -97,7 +97,7 @@ def shapes_small() -> TrainConfig:
         text_encoder=dict(MINILM),
         stages=(
             StageTrainConfig(stage=_stage(32, base, lowres=False), steps=3500, batch_size=16, min_snr_gamma=5.0),
-            StageTrainConfig(stage=_stage(64, sr, lowres=True), steps=1500, batch_size=16, min_snr_gamma=5.0,
+            StageTrainConfig(stage=_stage(64, sr, lowres=True), steps=4500, batch_size=16, min_snr_gamma=5.0,
                              lowres_aug_max=0.5, crop=32),
         ),
         data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True),
