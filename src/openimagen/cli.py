@@ -132,6 +132,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_run_options(p: argparse.ArgumentParser, out_help: str) -> None:
+    """What `train` and `embed` share: the same config decides the data and the text encoder."""
+    p.add_argument("--preset", default=None, help="a training preset, e.g. shapes-tiny, shapes-small")
+    p.add_argument("--config", default=None, help="a TOML or YAML training config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set optim.lr=1e-4")
+    p.add_argument("--data", default=None, help="an image-caption folder or webdataset shards (default: shapes world)")
+    p.add_argument("--out", required=True, help=out_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="openimagen", description="Cascaded text-to-image diffusion (Imagen, DeepFloyd IF).")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -163,21 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     t = sub.add_parser("train", help="train every stage of a cascade in one run")
-    t.add_argument("--preset", default=None, help="a training preset, e.g. shapes-tiny, shapes-small")
-    t.add_argument("--config", default=None, help="a TOML or YAML training config file")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set optim.lr=1e-4")
-    t.add_argument("--data", default=None, help="an image-caption folder or webdataset shards (default: shapes world)")
-    t.add_argument("--out", required=True, help="run folder: checkpoints, samples, logs and the final model")
+    _add_run_options(t, "run folder: checkpoints, samples, logs and the final model")
     t.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None, help="stop after this many steps per stage")
     t.add_argument("--resume", action="store_true", help="continue exactly where the run in --out stopped")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("embed", help="encode every caption of the training data once (before `train`)")
-    e.add_argument("--preset", default=None, help="the training preset the run will use (picks the text encoder)")
-    e.add_argument("--config", default=None, help="the training config file the run will use")
-    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="config overrides, as for train")
-    e.add_argument("--data", default=None, help="an image-caption folder or webdataset shards (default: shapes world)")
-    e.add_argument("--out", required=True, help="the run folder; embeddings go to OUT/embeddings")
+    _add_run_options(e, "the run folder that `train --out` will use; embeddings go to OUT/embeddings")
     e.set_defaults(func=cmd_embed)
 
     v = sub.add_parser("evaluate", help="score prompt fidelity of a model on shapes-world prompts")
