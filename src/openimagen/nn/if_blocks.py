@@ -11,28 +11,12 @@ image positions in one softmax (text keys first).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 # ----------------------------------------------------------------------------- embeddings
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding `[cos(t f_i), sin(t f_i)]`, `f_i = exp(-ln(P) i / half)`; (B,) -> (B, dim) fp32.
-
-    Always computed in float32 (a fp16 `t * f` loses the low bits of t = 999); the caller casts.
-    """
-    half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
-    freqs = torch.exp(exponent / half)
-    args = t.float()[:, None] * freqs[None, :]  # (B, half)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
 
 
 class TimestepEmbedding(nn.Module):

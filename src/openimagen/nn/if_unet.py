@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .if_blocks import DownBlock, MidBlock, TextTimeEmbedding, TimestepEmbedding, UpBlock, timestep_embedding
+from .if_blocks import DownBlock, MidBlock, TextTimeEmbedding, TimestepEmbedding, UpBlock
+from .layers import timestep_embedding  # the same [cos, sin] sinusoid diffusers uses for IF (flip_sin_to_cos, shift 0)
 
 DOWN_TYPES = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}  # name -> has attention
 UP_TYPES = {"ResnetUpsampleBlock2D": False, "SimpleCrossAttnUpBlock2D": True}
