@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -99,8 +100,9 @@ def cmd_train(args) -> int:
     cfg = load_train_config(args.preset, args.config, args.set or [])
     model_dir = train(cfg, args.out, resume=args.resume, max_steps=args.max_steps,
                       data_path=args.data, progress=not args.quiet)
-    print(f"model written to {model_dir}")
-    print(f'try it: openimagen generate --model {args.out} "a red circle above a blue square"')
+    if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process of a multi-process run
+        print(f"model written to {model_dir}")
+        print(f'try it: openimagen generate --model {args.out} "a red circle above a blue square"')
     return 0
 
 

@@ -53,6 +53,19 @@ def test_cosine_hits_clip_range_exactly():
     torch.testing.assert_close(lam, torch.tensor([12.0, mid, -15.0]), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_logsnr_shift_moves_the_curve_and_keeps_the_clip_range(kind):
+    plain, shifted = make_schedule(kind), make_schedule(ScheduleConfig(kind=kind, logsnr_shift=-3.0))
+    t = torch.linspace(0.05, 0.95, 19)
+    torch.testing.assert_close(shifted.logsnr(t), plain.logsnr(t) - 3.0, atol=1e-5, rtol=0)
+    a, sig = shifted.alpha_sigma(t)
+    torch.testing.assert_close(a**2 + sig**2, torch.ones_like(a), atol=1e-6, rtol=0)
+    far = make_schedule(ScheduleConfig(kind=kind, logsnr_shift=-15.0)).logsnr(torch.tensor([0.0, 1.0]))
+    assert far[0].item() <= 5.0 + 1e-4 and far[1].item() == -20.0  # the clip range still holds
+    with pytest.raises(ValueError, match="continuous kinds"):
+        ScheduleConfig(kind="ddpm_cosine", logsnr_shift=-1.0)
+
+
 def test_linear_is_vdm_closed_form():
     s = make_schedule("linear")
     t = torch.tensor([0.0, 0.3, 0.9])

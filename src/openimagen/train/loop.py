@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -161,7 +162,11 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
 
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
         AcceleratorState._reset_state()  # a second train() in one process may pick another precision
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    # Launched as several processes (torchrun / accelerate launch) on a machine without CUDA, accelerate
+    # only joins them into one gloo group when told to use the CPU; otherwise every process would train
+    # alone, on the whole batch, writing the same folder.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=launched and not torch.cuda.is_available())
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     for i, st in enumerate(cfg.stages):
         if st.batch_size % (world * cfg.optim.grad_accum):
