@@ -33,10 +33,23 @@ def test_generate_with_no_model_writes_both_stages_reproducibly(tmp_path):
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*runs))
 
 
-def test_bundled_model_draws_the_named_colour(bundled):
+def test_bundled_model_draws_the_named_colour_at_the_named_position(bundled):
     # A regression guard on the shipped weights (the full table is in the README): single-object
-    # prompts from the benchmark file, one seeded batch.
+    # prompts from the benchmark file, one seeded batch (10/10 on both when the model was shipped).
     prompts = load_benchmark_prompts()[:10]
     images = bundled.generate(prompts, seed=0, progress=False).images[-1]
     report = score_many(images, prompts)
     assert report.accuracy["color"] >= 0.7, report.summary()
+    assert report.accuracy["position"] >= 0.7, report.summary()
+
+
+def test_the_shapes_small_recipe_describes_the_shipped_stages():
+    # README: `train --preset shapes-small` reproduces the bundled model, sampling defaults included
+    import json
+
+    from openimagen.config import to_dict
+    from openimagen.train.presets import shapes_small
+
+    for k, st in enumerate(shapes_small().stages):
+        shipped = json.loads((Path(bundled_model_path()) / f"stage_{k}" / "config.json").read_text())
+        assert json.loads(json.dumps(to_dict(st.stage))) == shipped, f"stage {k}"
