@@ -50,7 +50,8 @@ def _stage(resolution: int, unet: dict, lowres: bool, logsnr_shift: float = 0.0,
         # needs no guidance: it follows its low-res input, and from ground-truth 32 px images it drew
         # the right shape 98% of the time unguided vs 90% at guidance 5 (60 scenes). The base: with
         # guidance 1 / 1.5 / 2 / 3.5 / 5 / 8 the whole cascade drew the right count 85 / 75 / 62 / 50 /
-        # 45 / 45% of the time (40 scenes), with colour, shape, position and relation no worse at 1.5.
+        # 45 / 45% of the time (40 scenes); colour, position and relation were no worse at 1.5, shape
+        # 41% vs 43% at 5 (100 scenes; on the benchmark prompts the drop is 59% -> 52%, see README).
         guidance=1.0 if lowres else 1.5,
         threshold="dynamic",
         **kw,
@@ -91,7 +92,7 @@ def shapes_small() -> TrainConfig:
     t leave the layout open -- the only steps where the caption's layout words lower the loss -- and
     Min-SNR-5 weights those steps down ~100x more. Measured with a probe (x0 error with the true caption
     vs. the same caption with left/right, top/bottom swapped): after 1200 base steps the plain schedule
-    gave ratio 1.00 (layout words ignored, also with Min-SNR off), the shifted one 1.41.
+    gave ratio 1.02 (layout words ignored, also with Min-SNR off), the shifted one 1.41.
 
     The SR stage trains on random 32 px crops of the 64 px image (with the matching 16 px low-res
     crop), as Imagen trains its SR stages: a quarter of the cost, and the network is fully
