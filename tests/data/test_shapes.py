@@ -114,3 +114,25 @@ def test_renders_at_any_resolution():
     scene = sample_scene(random.Random(5), "single")
     for res in (16, 48, 256):
         assert render(scene, res).size == (res, res)
+
+
+def test_kind_weights_set_the_mix_and_default_to_the_standard_one():
+    def kinds(world):
+        return [world.scene_and_caption(i)[0].kind for i in range(len(world))]
+
+    default = ShapesWorld(resolution=16, size=400, seed=3)
+    # None keeps the standard mix, scene for scene (so existing datasets and caches stay valid)
+    assert kinds(ShapesWorld(resolution=16, size=400, seed=3, kind_weights=None)) == kinds(default)
+    heavy = kinds(ShapesWorld(resolution=16, size=400, seed=3, kind_weights={"relation": 3, "single": 1}))
+    assert set(heavy) == {"relation", "single"}
+    assert 0.65 < heavy.count("relation") / 400 < 0.85        # 3:1 -> 75%, binomial sd ~2%
+    only = kinds(ShapesWorld(resolution=16, size=50, seed=3, kind_weights={"count": 1.0, "word": 0}))
+    assert set(only) == {"count"}
+
+
+@pytest.mark.parametrize("weights, words", [
+    ({"relations": 1}, "unknown scene kind"), ({"single": -1}, ">= 0"), ({"single": 0}, "positive sum"), ({}, "non-empty"),
+])
+def test_bad_kind_weights_raise(weights, words):
+    with pytest.raises(ValueError, match=words):
+        ShapesWorld(resolution=16, size=10, kind_weights=weights)

@@ -280,3 +280,40 @@ def test_coordinate_channels_break_translation_equivariance():
         interior = model(x, t, text)[..., 28:36, 28:36]  # (1, C, 8, 8)
         spreads[coords] = float((interior - interior.mean(dim=(-2, -1), keepdim=True)).abs().max())
     assert spreads[False] < 1e-5 < 1e-3 < spreads[True]
+
+
+def test_fresh_text_layers_are_the_identity():
+    # Zero-initialised output projections: a U-Net with fresh text layers computes exactly what the
+    # same U-Net without them computes, so adding them to a recipe changes nothing at step 0.
+    torch.manual_seed(0)
+    plain = _randomize_zero_params(EfficientUNet(PRESETS["tiny"]())).eval()
+    torch.manual_seed(0)
+    layered = EfficientUNet(PRESETS["tiny"](text_layers=2)).eval()
+    missing, unexpected = layered.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("text_layers.") for k in missing)
+    x, t, text, mask, _ = _inputs()
+    torch.testing.assert_close(layered(x, t, text, mask), plain(x, t, text, mask))
+
+
+def test_text_layers_mix_tokens_and_respect_the_mask():
+    model = _model(text_layers=1)   # random weights everywhere, text layers included
+    x, t, text, mask, _ = _inputs()
+    out = model(x, t, text, mask)
+    noisy_pad = text.clone()
+    noisy_pad[~mask] = torch.randn(int((~mask).sum()), text.shape[-1]) * 10
+    torch.testing.assert_close(model(x, t, noisy_pad, mask), out)   # padding stays invisible
+    empty = mask.clone()
+    empty[1] = False
+    assert torch.isfinite(model(x, t, text, empty)).all()           # an all-padding prompt stays finite
+    # the layers mix tokens: the state of token 0 now depends on token 1
+    layers, null = model.text_layers, model.null_text.expand(3, 1, -1)
+    tokens = torch.cat([null, model.text_norm(model.text_proj(text))], dim=1)
+    changed = tokens.clone()
+    changed[:, 2] += torch.randn(tokens.shape[-1])   # (a constant shift would vanish in LayerNorm)
+    before, after = layers(tokens, None), layers(changed, None)
+    assert not torch.allclose(before[:, 1], after[:, 1])
+
+
+def test_text_layers_must_be_a_non_negative_int():
+    with pytest.raises(ValueError, match="text_layers"):
+        PRESETS["tiny"](text_layers=-1)

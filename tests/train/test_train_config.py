@@ -62,6 +62,7 @@ def test_toml_and_yaml_files_merge_over_the_preset(tmp_path):
     ("mixed_precision=fp8", ["fp8", "bf16"]),
     ("text_encoder.kind=clip", ["clip", "minilm"]),
     ("optim.lr", ["key=value"]),
+    ('data.kind_weights={"relations": 1}', ["data.kind_weights", "relations", "single"]),
 ])
 def test_bad_overrides_are_one_line_config_errors(override, words):
     with pytest.raises(ConfigError) as e:

@@ -131,6 +131,17 @@ def _jittered(rng: random.Random, xy: tuple[float, float], jitter: float, extent
     return tuple(round(min(hi, max(lo, v + rng.uniform(-jitter, jitter))), 4) for v in xy)
 
 
+def check_kind_weights(weights) -> None:
+    """Raise ValueError unless `weights` maps scene kinds to non-negative numbers with a positive sum."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"kind weights must be a non-empty mapping like {KIND_WEIGHTS}, got {weights!r}")
+    unknown = [k for k in weights if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown scene kind(s) {unknown} in kind weights; expected keys among {KINDS}")
+    if any(not isinstance(w, (int, float)) or not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
+        raise ValueError(f"kind weights {weights!r} must be numbers >= 0 with a positive sum")
+
+
 def sample_scene(rng: random.Random, kind: str | None = None) -> Scene:
     """Draw one scene from `rng`. `kind` forces the scene type; by default it follows KIND_WEIGHTS."""
     if kind is None:
@@ -275,7 +286,8 @@ class ShapesWorld:
     """
 
     def __init__(self, resolution: int = 64, size: int = 10_000, seed: int = 0,
-                 holdout: Holdout | None = None, split: str = "train", kinds: tuple[str, ...] | None = None):
+                 holdout: Holdout | None = None, split: str = "train", kinds: tuple[str, ...] | None = None,
+                 kind_weights: dict[str, float] | None = None):
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
         if split == "heldout" and (holdout is None or not (holdout.color_shape or holdout.relation)):
@@ -285,10 +297,15 @@ class ShapesWorld:
         for k in kinds or ():
             if k not in KINDS:
                 raise ValueError(f"unknown scene kind {k!r} in kinds; expected a subset of {KINDS}")
+        if kind_weights is not None:
+            check_kind_weights(kind_weights)
+            if kinds:
+                raise ValueError("pass kinds (uniform over a subset) or kind_weights (a weighted mix), not both")
         if split == "heldout" and kinds == ("word",):
             raise ValueError("word scenes contain no objects, so none can be held out; add another kind")
         self.resolution, self.size, self.seed, self.split = resolution, size, seed, split
         self.holdout, self.kinds = holdout or Holdout(), tuple(kinds) if kinds else None
+        self.kind_weights = dict(kind_weights) if kind_weights is not None else None
         render(Scene("word", word="OK"), resolution)   # validates resolution now, not in a worker
 
     def __len__(self) -> int:
@@ -300,7 +317,12 @@ class ShapesWorld:
         rng = random.Random(f"shapes-world:{self.seed}:{self.split}:{i}")   # str seeds are stable across runs
         want_held = self.split == "heldout"
         for _ in range(100_000):
-            kind = rng.choice(self.kinds) if self.kinds else None
+            if self.kinds:
+                kind = rng.choice(self.kinds)
+            elif self.kind_weights:
+                kind = rng.choices(list(self.kind_weights), weights=list(self.kind_weights.values()))[0]
+            else:
+                kind = None   # sample_scene draws it from KIND_WEIGHTS
             if want_held and kind == "word":
                 continue
             scene = sample_scene(rng, kind)

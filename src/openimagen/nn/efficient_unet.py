@@ -7,6 +7,7 @@ it knows nothing about noise schedules or what its output means (eps, v, x0, lea
 Conditioning, computed once per forward:
   emb  = MLP(sin(t)) [+ MLP(sin(lowres_t))] [+ AttentionPool(text)]          (B, E)
   text = [null ; LayerNorm(Linear(text_embeds))]                            (B, 1+L, Dc)
+  text = TextTransformer(text)   (only when text_layers > 0)               (B, 1+L, Dc)
 The learned null token is always attendable, so a prompt whose mask is all False (e.g. the empty
 prompt of classifier-free guidance) still yields finite attention.
 
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Attention, AttentionPool, Downsample, ResBlock, TimeMLP, Upsample, zero_init
+from .layers import Attention, AttentionPool, Downsample, ResBlock, TextTransformer, TimeMLP, Upsample, zero_init
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class UNetConfig:
     time_embed_dim: int | None = None  # E; None = 4 * dim
     lowres_cond: bool = False  # SR stage: concat the upsampled low-res image, embed its aug time
     attn_pool_text: bool = True  # add attention-pooled text to the time embedding (Imagen, IF)
+    text_layers: int = 0  # trainable transformer layers over the text tokens (layers.TextTransformer)
     num_groups: int = 32  # GroupNorm groups
     dropout: float = 0.0
     memory_efficient: bool = False  # downsample before the blocks of each level (Efficient U-Net)
@@ -80,8 +82,10 @@ class UNetConfig:
                 )
             if self.attn_levels[i] or self.cross_attention[i]:
                 self._check_heads(ch, f"level {i}")
-        if self.attn_pool_text:
-            self._check_heads(self.cond_width, "the text pooling (cond_dim)")
+        if self.attn_pool_text or self.text_layers:
+            self._check_heads(self.cond_width, "the text pooling / text layers (cond_dim)")
+        if not isinstance(self.text_layers, int) or self.text_layers < 0:
+            raise ValueError(f"text_layers={self.text_layers!r} must be an int >= 0")
         for name in ("in_channels", "out_channels", "text_embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -157,6 +161,7 @@ class EfficientUNet(nn.Module):
         self.text_proj = nn.Linear(cfg.text_embed_dim, Dc)
         self.text_norm = nn.LayerNorm(Dc)
         self.null_text = nn.Parameter(torch.randn(1, 1, Dc) * 0.02)
+        self.text_layers = TextTransformer(Dc, cfg.head_dim(Dc), cfg.text_layers) if cfg.text_layers else None
         self.text_pool = AttentionPool(Dc, cfg.head_dim(Dc), E) if cfg.attn_pool_text else None
 
         in_ch = cfg.in_channels * (2 if cfg.lowres_cond else 1) + (2 if cfg.coord_channels else 0)
@@ -266,6 +271,8 @@ class EfficientUNet(nn.Module):
         mask = None
         if text_mask is not None and not bool(text_mask.all()):
             mask = torch.cat([text_mask.new_ones(B, 1), text_mask], dim=1).bool()  # (B, 1+L)
+        if self.text_layers is not None:
+            text = self.text_layers(text, mask)
         if self.text_pool is not None:
             emb = emb + self.text_pool(text, mask)
         emb = F.silu(emb)  # every FiLM projection starts with SiLU; do it once

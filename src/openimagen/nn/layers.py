@@ -135,6 +135,40 @@ class Attention(nn.Module):
         return x + out.transpose(1, 2).reshape(B, C, H, W)
 
 
+class TextTransformer(nn.Module):
+    """A few pre-LayerNorm transformer layers over the projected text tokens, trained with the U-Net.
+
+    The text encoder is frozen; these layers let the U-Net re-mix its token states into what it
+    needs. In "a red circle below a blue square" every pixel must learn which colour goes on top, and a
+    frozen sentence-embedding model (MiniLM) encodes "above" and "below" almost alike in its last layer:
+    self-attention over the tokens can bind each colour to its side of the relation word. The output
+    projections start at zero, so a fresh stack is the identity. Padding is masked as keys; the
+    U-Net's null token (always valid) keeps every softmax row finite.
+    """
+
+    def __init__(self, dim: int, head_dim: int, layers: int, mlp_mult: int = 4):
+        super().__init__()
+        self.heads = dim // head_dim
+        self.layers = nn.ModuleList()
+        for _ in range(layers):
+            self.layers.append(nn.ModuleDict({
+                "norm1": nn.LayerNorm(dim), "to_qkv": nn.Linear(dim, 3 * dim), "to_out": zero_init(nn.Linear(dim, dim)),
+                "norm2": nn.LayerNorm(dim), "mlp": nn.Sequential(nn.Linear(dim, mlp_mult * dim), nn.GELU(),
+                                                                  zero_init(nn.Linear(mlp_mult * dim, dim))),
+            }))
+
+    def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
+        B, L, D = tokens.shape
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, L)
+        x = tokens
+        for layer in self.layers:
+            q, k, v = _heads(layer["to_qkv"](layer["norm1"](x)), 3, self.heads)  # 3 x (B, h, L, d)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            x = x + layer["to_out"](a.transpose(1, 2).reshape(B, L, D))
+            x = x + layer["mlp"](layer["norm2"](x))
+        return x
+
+
 class AttentionPool(nn.Module):
     """Pool text tokens (B, L, D) into one vector (B, out_dim), respecting the mask.
 

@@ -63,6 +63,7 @@ class DataConfig:
     size: int = 10_000                  # shapes: number of scenes in the training set
     seed: int = 0                       # shapes: which scenes; folder/webdataset: crop randomness
     holdout: bool = True                # shapes: never train on STANDARD_HOLDOUT combinations (for evaluation)
+    kind_weights: dict | None = None    # shapes: relative frequency of scene kinds; None = shapes.KIND_WEIGHTS
     missing_captions: str = "error"     # folder: "error" | "skip" | "empty"
     hflip: bool = False                 # flips turn "a red square left of a circle" into a lie
     num_workers: int = 0                # DataLoader worker processes
@@ -71,6 +72,12 @@ class DataConfig:
         if self.kind not in DATA_KINDS:
             raise ConfigError(f"data.kind={self.kind!r} is unknown; choose one of {list(DATA_KINDS)}")
         _positive_int(self.size, "data.size")
+        if self.kind_weights is not None:
+            from ..data.shapes import check_kind_weights
+            try:
+                check_kind_weights(self.kind_weights)
+            except ValueError as e:
+                raise ConfigError(f"data.kind_weights: {e}") from None
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
         if self.missing_captions not in ("error", "skip", "empty"):
