@@ -10,6 +10,11 @@
 
     PYTHONPATH=src python benchmarks/layout_words.py train runs/probe-shift --steps 1200 --shift -3
     PYTHONPATH=src python benchmarks/layout_words.py probe runs/probe-shift runs/probe-plain --json out.json
+
+    relations  the base stage's own images for 64 random relation scenes ("A left of B", ...), scored for
+               the relation, per relation word (0.5 with the right axis = the model does not bind sides)
+    encoder    a linear probe on the frozen text encoder: can the hidden state of the first object's colour
+               word tell whether that object is the left/top one? (per MiniLM layer; 0.5 = no)
 """
 from __future__ import annotations
 
@@ -54,15 +59,92 @@ def probe(model_dir: str, ts=(0.95, 0.9, 0.8), n: int = 48, seed: int = 123) -> 
     return out
 
 
-def train_base(out: str, steps: int, shift: float, min_snr: float | None) -> None:
+def train_base(out: str, steps: int, shift: float, min_snr: float | None, unet: dict | None = None,
+               kind_weights: dict | None = None) -> None:
     from openimagen.train.loop import train
     from openimagen.train.presets import shapes_small
 
     cfg = shapes_small()
     st = cfg.stages[0]
     sched = dataclasses.replace(st.stage.schedule, logsnr_shift=shift)
-    st = dataclasses.replace(st, stage=dataclasses.replace(st.stage, schedule=sched), steps=steps, min_snr_gamma=min_snr)
-    train(dataclasses.replace(cfg, stages=(st,), sample_every=0, checkpoint_every=400), out)
+    stage = dataclasses.replace(st.stage, schedule=sched, unet={**st.stage.unet, **(unet or {})})
+    st = dataclasses.replace(st, stage=stage, steps=steps, min_snr_gamma=min_snr)
+    data = dataclasses.replace(cfg.data, kind_weights=kind_weights)
+    train(dataclasses.replace(cfg, stages=(st,), data=data, sample_every=0, checkpoint_every=400), out)
+
+
+@torch.no_grad()
+def relations(model_dir: str | None, n: int = 64, seed: int = 777, guidance: float | None = None) -> dict:
+    """Generate the base stage's images for `n` random relation scenes and score the relation, per word.
+
+    Images are scored at twice the base resolution (bicubic), where the scorer's object finder works;
+    shape is not judged (two medium objects at 32 px are too small to name)."""
+    import torch.nn.functional as F
+
+    from openimagen.data.shapes import caption, parse_caption, sample_scene
+    from openimagen.evaluate.scorer import score
+    from openimagen.loading import load_model
+
+    cascade = load_model(model_dir)
+    rng = random.Random(seed)
+    caps = [caption(sample_scene(rng, "relation"), rng) for _ in range(n)]
+    imgs = torch.cat([cascade.generate(caps[k:k + 16], seed=k, progress=False, stop_at=1, guidance=guidance).images[0]
+                      for k in range(0, n, 16)])
+    imgs = F.interpolate(imgs.float(), scale_factor=2, mode="bicubic").clamp(-1, 1)
+    hits: dict[str, list[int]] = {}
+    for img, c in zip(imgs, caps):
+        hits.setdefault(parse_caption(c).relation, []).append(int(bool(score(img, c)["relation"])))
+    out = {rel: sum(v) / len(v) for rel, v in sorted(hits.items())}
+    out["all"] = sum(sum(v) for v in hits.values()) / n
+    return out
+
+
+@torch.no_grad()
+def encoder_roles(n: int = 3000, seed: int = 5) -> dict:
+    """Does the frozen MiniLM encoder tell which side of the relation an object is on?
+
+    For random relation captions, a logistic-regression probe reads the hidden state of the first object's
+    colour word, at every layer, and predicts whether that object is the left/top one; trained on 2/3 of
+    the captions, accuracy on the rest. 0.5 = the state does not carry the role."""
+    from openimagen.data.shapes import caption, parse_caption, sample_scene
+    from openimagen.text import MiniLMEncoder
+
+    enc = MiniLMEncoder()
+    rng = random.Random(seed)
+    caps = [caption(sample_scene(rng, "relation"), rng) for _ in range(n)]
+    feats: dict[int, list] = {}
+    labels = []
+    for k in range(0, n, 100):
+        batch = caps[k:k + 100]
+        tok = enc.tokenizer(batch, return_tensors="pt", padding=True)
+        hidden = enc.model(**tok, output_hidden_states=True).hidden_states
+        for i, c in enumerate(batch):
+            spec = parse_caption(c)
+            j = enc.tokenizer.convert_ids_to_tokens(tok["input_ids"][i].tolist()).index(spec.objects[0].color)
+            for layer, h in enumerate(hidden):
+                feats.setdefault(layer, []).append(h[i, j])
+            labels.append(float(spec.relation in ("left of", "above")))
+    y = torch.tensor(labels)
+    split = 2 * n // 3
+    out = {}
+    for layer, rows in feats.items():
+        x = torch.stack(rows)
+        x = (x - x[:split].mean(0)) / (x[:split].std(0) + 1e-6)
+        w = torch.zeros(x.shape[1], requires_grad=True)
+        b = torch.zeros(1, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(x[:split] @ w + b, y[:split])
+                loss = loss + 1e-3 * w.square().sum()
+                loss.backward()
+            return loss
+
+        opt.step(closure)
+        out[f"layer {layer}"] = float(((x[split:] @ w + b > 0).float() == y[split:]).float().mean())
+    return out
 
 
 def main(argv=None) -> int:
@@ -77,10 +159,30 @@ def main(argv=None) -> int:
     tr.add_argument("--steps", type=int, default=1200)
     tr.add_argument("--shift", type=float, default=-3.0)
     tr.add_argument("--min-snr", type=float, default=None)
+    tr.add_argument("--unet", default="{}", help='JSON overrides of the base U-Net, e.g. \'{"text_layers": 2}\'')
+    tr.add_argument("--kind-weights", default=None, help='JSON scene-kind weights, e.g. \'{"relation": 1}\'')
+    rl = sub.add_parser("relations", help="base-stage relation accuracy on random relation scenes, per word")
+    rl.add_argument("models", nargs="+")
+    rl.add_argument("--guidance", type=float, default=None)
+    rl.add_argument("--json")
+    en = sub.add_parser("encoder", help="linear probe: does MiniLM's colour-word state carry the object's side?")
+    en.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.cmd == "train":
-        train_base(args.out, args.steps, args.shift, args.min_snr)
+        kw = json.loads(args.kind_weights) if args.kind_weights else None
+        train_base(args.out, args.steps, args.shift, args.min_snr, json.loads(args.unet), kw)
+        return 0
+    if args.cmd in ("relations", "encoder"):
+        torch.set_num_threads(2)
+        if args.cmd == "encoder":
+            results = encoder_roles()
+        else:
+            results = {m: relations(None if m == "-" else m, guidance=args.guidance) for m in args.models}
+        print(json.dumps(results, indent=1))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
         return 0
     ts = tuple(float(v) for v in args.t.split(","))
     results = {}

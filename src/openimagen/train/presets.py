@@ -27,6 +27,11 @@ SHAPES_PROMPTS = (
 )
 
 
+# Two-object relation scenes are the hardest kind (which colour and shape goes on which side), so the
+# shipped recipe shows more of them than the standard mix (shapes.KIND_WEIGHTS: 0.35/0.25/0.25/0.15).
+RELATION_HEAVY = {"single": 0.28, "relation": 0.4, "count": 0.2, "word": 0.12}
+
+
 def _unet(preset: str, **overrides) -> dict:
     from ..nn.efficient_unet import PRESETS
 
@@ -103,17 +108,17 @@ def shapes_small() -> TrainConfig:
     "The bundled model", has the command and the measured cost); ~0.6 s per base step and ~0.2 s per
     SR step in one single-threaded process.
     """
-    base = _unet("shapes-base")
+    base = _unet("shapes-base", coord_channels=True, text_layers=2)
     sr = _unet("shapes-sr")
     return TrainConfig(
         text_encoder=dict(MINILM),
         stages=(
             StageTrainConfig(stage=_stage(32, base, lowres=False, logsnr_shift=-3.0), steps=6000, batch_size=16,
                              min_snr_gamma=None),
-            StageTrainConfig(stage=_stage(64, sr, lowres=True), steps=8000, batch_size=16, min_snr_gamma=5.0,
+            StageTrainConfig(stage=_stage(64, sr, lowres=True), steps=7000, batch_size=16, min_snr_gamma=5.0,
                              lowres_aug_max=0.3, crop=32),
         ),
-        data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True),
+        data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True, kind_weights=RELATION_HEAVY),
         optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
         mixed_precision="bf16",
         ema_decay=0.999,
