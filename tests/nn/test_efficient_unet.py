@@ -305,7 +305,7 @@ def test_text_layers_mix_tokens_and_respect_the_mask():
     empty = mask.clone()
     empty[1] = False
     assert torch.isfinite(model(x, t, text, empty)).all()           # an all-padding prompt stays finite
-    # the layers mix tokens: the state of token 0 now depends on token 1
+    # the layers mix tokens: the first prompt token's state (index 1, after the null) depends on the second's
     layers, null = model.text_layers, model.null_text.expand(3, 1, -1)
     tokens = torch.cat([null, model.text_norm(model.text_proj(text))], dim=1)
     changed = tokens.clone()
