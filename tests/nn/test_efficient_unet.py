@@ -8,6 +8,7 @@ import torch
 from openimagen.config import from_dict, load_json, save_json, to_dict
 from openimagen.nn import PRESETS, EfficientUNet, UNetConfig
 from openimagen.nn.layers import timestep_embedding
+from openimagen.nn.layout import TextLayout, sincos_2d
 
 torch.set_num_threads(1)
 
@@ -317,3 +318,80 @@ def test_text_layers_mix_tokens_and_respect_the_mask():
 def test_text_layers_must_be_a_non_negative_int():
     with pytest.raises(ValueError, match="text_layers"):
         PRESETS["tiny"](text_layers=-1)
+
+
+# ---------------------------------------------------------------------------- text layout (nn/layout.py)
+
+
+def test_sincos_code_tells_every_cell_apart_and_rows_from_columns():
+    code = sincos_2d(4, 16)
+    assert code.shape == (16, 16)
+    assert torch.cdist(code, code).add(torch.eye(16)).min() > 0.1        # 16 distinct cells
+    rows, cols = code[:, :8].view(4, 4, 8), code[:, 8:].view(4, 4, 8)
+    assert torch.equal(rows, rows[:, :1].expand(-1, 4, -1))              # first half: the row only
+    assert torch.equal(cols, cols[:1].expand(4, -1, -1))                 # second half: the column only
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(4, 18)
+
+
+def test_fresh_layout_leaves_the_unet_unchanged():
+    # Zero-initialised injections: adding a layout to a recipe changes nothing at step 0.
+    torch.manual_seed(0)
+    plain = _randomize_zero_params(EfficientUNet(PRESETS["tiny"]())).eval()
+    torch.manual_seed(0)
+    with_layout = EfficientUNet(PRESETS["tiny"](layout_grid=4)).eval()
+    missing, unexpected = with_layout.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("layout") for k in missing)
+    x, t, text, mask, _ = _inputs()
+    torch.testing.assert_close(with_layout(x, t, text, mask), plain(x, t, text, mask))
+
+
+def test_layout_image_paths_agree_and_respect_the_mask():
+    model = _model(layout_grid=4)
+    x, t, text, mask, _ = _inputs()
+    guess = model.layout_image(text, mask)
+    assert guess.shape == (3, 3, 4, 4)
+    out, also = model(x, t, text, mask, return_layout=True)
+    torch.testing.assert_close(also, guess)
+    torch.testing.assert_close(out, model(x, t, text, mask))
+    torch.testing.assert_close(model(x, t, text, mask, layout_only=True), guess)
+    noisy_pad = text.clone()
+    noisy_pad[~mask] = torch.randn(int((~mask).sum()), text.shape[-1]) * 10
+    torch.testing.assert_close(model.layout_image(noisy_pad, mask), guess)   # padding stays invisible
+    torch.testing.assert_close(model(x, t, noisy_pad, mask), out)
+    empty = mask.clone()
+    empty[1] = False
+    assert torch.isfinite(model(x, t, text, empty)).all()                   # all-padding prompt: finite
+    # the map depends on the prompt, and it reaches the U-Net's output
+    other = torch.randn_like(text)
+    assert not torch.allclose(model.layout_image(other, mask), guess)
+    plain = model.layout_in.proj.weight.clone()
+    with torch.no_grad():
+        model.layout_in.proj.weight.zero_(), model.layout_mid.proj.weight.zero_()
+        model.layout_in.proj.bias.zero_(), model.layout_mid.proj.bias.zero_()
+    assert not torch.allclose(model(x, t, text, mask), out)
+    assert plain.abs().sum() > 0
+
+
+def test_layout_cells_are_not_interchangeable():
+    # Every cell has its own query: a uniform prompt still gives a map that varies over the grid.
+    layout = TextLayout(dim=32, head_dim=16, grid=4, layers=1, image_channels=3)
+    text = torch.randn(1, 1, 32).expand(2, 5, 32)
+    m = layout(text, None)
+    assert m.shape == (2, 32, 4, 4)
+    assert (m[0] - m[0].mean((1, 2), keepdim=True)).abs().max() > 1e-3
+
+
+def test_bad_layout_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="layout_grid"):
+        PRESETS["tiny"](layout_grid=-1)
+    with pytest.raises(ValueError, match="layout_layers"):
+        PRESETS["tiny"](layout_grid=4, layout_layers=0)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PRESETS["tiny"](layout_grid=4, cond_dim=34, attn_head_dim=17, dim=34, num_groups=2)
+    model = _model()
+    x, t, text, mask, _ = _inputs()
+    with pytest.raises(ValueError, match="layout_grid"):
+        model(x, t, text, mask, return_layout=True)
+    with pytest.raises(ValueError, match="layout_grid=0"):
+        model.layout_image(text, mask)

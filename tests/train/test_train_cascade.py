@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -55,6 +56,30 @@ def test_loss_decreases_on_shapes_tiny(run_dir, tiny_config):
     losses = [json.loads(x)["loss"] for x in (run_dir / "log.jsonl").read_text().splitlines()][:steps]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.8 * first, (first, last)
+
+
+def test_layout_warmup_trains_only_the_text_layout(run_dir, tiny_config):
+    # The warm-up steps fit the layout's image guess alone: the U-Net proper keeps its initial weights,
+    # the layout (and the text projection it reads) moves; the diffusion steps after it train everything.
+    cfg = tiny_config("stages.0.stage.unet.layout_grid=4", "stages.0.layout_warmup=4", "stages.0.steps=6",
+                      "stages.1.steps=1", "checkpoint_every=4", "keep_checkpoints=3")
+    train(cfg, run_dir, progress=False)
+    ckpt = run_dir / "checkpoints"
+    after_warmup = load_file(str(ckpt / "step-0000004" / "stage_0" / "model.safetensors"))
+    after_all = load_file(str(ckpt / "step-0000007" / "stage_0" / "model.safetensors"))
+    torch.manual_seed(cfg.seed)
+    from openimagen.nn import EfficientUNet, UNetConfig
+    from openimagen.config import from_dict
+
+    initial = EfficientUNet(from_dict(UNetConfig, cfg.stages[0].stage.unet, where="unet")).state_dict()
+    text_path = ("layout", "text_proj", "text_norm", "null_text")
+    moved = {k for k in initial if not torch.equal(initial[k], after_warmup[k])}
+    assert moved and all(k.startswith(text_path) for k in moved), sorted(moved)
+    assert any(k.startswith("layout.") for k in moved)
+    unet_proper = [k for k in initial if not k.startswith(text_path)]
+    assert any(not torch.equal(after_warmup[k], after_all[k]) for k in unet_proper)
+    losses = [json.loads(x)["loss"] for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x) for x in losses)
 
 
 def _shapes_items(n: int, resolution: int = 40):

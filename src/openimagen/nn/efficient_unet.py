@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layout import LayoutInjection, TextLayout
 from .layers import Attention, AttentionPool, Downsample, ResBlock, TextTransformer, TimeMLP, Upsample, zero_init
 
 
@@ -55,6 +56,10 @@ class UNetConfig:
     # Concatenate x/y coordinates in [-1, 1] to the input (CoordConv, Liu et al. 2018). Attention and
     # FiLM carry no location, so "on the left" / "above" must otherwise be inferred from zero padding.
     coord_channels: bool = False
+    # A G x G text layout map (nn/layout.py) added to the features after the input conv and before the
+    # middle block; 0 = none. It binds attributes to places ("a red circle above a blue square").
+    layout_grid: int = 0
+    layout_layers: int = 2  # decoder layers of the layout (used only when layout_grid > 0)
 
     def __post_init__(self):
         for name in ("dim_mults", "num_res_blocks", "attn_levels", "cross_attn_levels"):
@@ -84,6 +89,14 @@ class UNetConfig:
                 self._check_heads(ch, f"level {i}")
         if self.attn_pool_text or self.text_layers:
             self._check_heads(self.cond_width, "the text pooling / text layers (cond_dim)")
+        for name, low in (("layout_grid", 0), ("layout_layers", 1)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an int >= {low}")
+        if self.layout_grid:
+            self._check_heads(self.cond_width, "the text layout (cond_dim)")
+            if self.cond_width % 4:
+                raise ValueError(f"the text layout needs cond_dim divisible by 4 (its cells' sin-cos code); "
+                                 f"got {self.cond_width}")
         if not isinstance(self.text_layers, int) or self.text_layers < 0:
             raise ValueError(f"text_layers={self.text_layers!r} must be an int >= 0")
         for name in ("in_channels", "out_channels", "text_embed_dim"):
@@ -164,6 +177,12 @@ class EfficientUNet(nn.Module):
         self.text_layers = TextTransformer(Dc, cfg.head_dim(Dc), cfg.text_layers) if cfg.text_layers else None
         self.text_pool = AttentionPool(Dc, cfg.head_dim(Dc), E) if cfg.attn_pool_text else None
 
+        self.layout = self.layout_in = self.layout_mid = None
+        if cfg.layout_grid:
+            self.layout = TextLayout(Dc, cfg.head_dim(Dc), cfg.layout_grid, cfg.layout_layers, cfg.in_channels)
+            self.layout_in = LayoutInjection(Dc, cfg.dim)
+            self.layout_mid = LayoutInjection(Dc, chans[-1])
+
         in_ch = cfg.in_channels * (2 if cfg.lowres_cond else 1) + (2 if cfg.coord_channels else 0)
         self.init_conv = nn.Conv2d(in_ch, cfg.dim, 3, padding=1)
 
@@ -209,6 +228,27 @@ class EfficientUNet(nn.Module):
         self.final_block = ResBlock(ch + cfg.dim, cfg.dim, E, G, cfg.dropout)
         self.out_norm = nn.GroupNorm(G, cfg.dim)
         self.out_conv = zero_init(nn.Conv2d(cfg.dim, cfg.out_channels, 3, padding=1))
+
+    def _text(self, text_embeds: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Encoder tokens -> the U-Net's tokens [null ; LayerNorm(Linear(.))] (B, 1+L, Dc) and their mask."""
+        B = text_embeds.shape[0]
+        text = self.text_norm(self.text_proj(text_embeds))  # (B, L, Dc)
+        text = torch.cat([self.null_text.expand(B, 1, -1).to(text.dtype), text], dim=1)  # (B, 1+L, Dc)
+        mask = None
+        if text_mask is not None and not bool(text_mask.all()):
+            mask = torch.cat([text_mask.new_ones(B, 1), text_mask], dim=1).bool()  # (B, 1+L)
+        if self.text_layers is not None:
+            text = self.text_layers(text, mask)
+        return text, mask
+
+    def layout_image(self, text_embeds: Tensor, text_mask: Tensor | None = None) -> Tensor:
+        """The text layout's guess of the clean image, (B, in_channels, G, G); needs layout_grid > 0.
+
+        Training fits it to the area-downsampled image (train/loop.py, `layout_loss`)."""
+        if self.layout is None:
+            raise ValueError("this U-Net has no text layout (layout_grid=0)")
+        text, mask = self._text(text_embeds, text_mask)
+        return self.layout.image(self.layout(text, mask))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -256,8 +296,14 @@ class EfficientUNet(nn.Module):
         text_mask: Tensor | None = None,  # (B, L) bool, True = real token; None = all real
         lowres: Tensor | None = None,  # (B, C, H, W) noise-augmented low-res image (SR stages)
         lowres_t: Tensor | None = None,  # (B,) its augmentation time; None = 0 (no augmentation)
-    ) -> Tensor:
+        return_layout: bool = False,  # also return layout_image's (B, C, G, G) guess (needs layout_grid)
+        layout_only: bool = False,  # return only that guess, skipping the U-Net (layout warm-up steps)
+    ) -> Tensor | tuple[Tensor, Tensor]:
         self._check_inputs(x, t, text_embeds, text_mask, lowres, lowres_t)
+        if (return_layout or layout_only) and self.layout is None:
+            raise ValueError("return_layout / layout_only need a U-Net with a text layout (layout_grid > 0)")
+        if layout_only:
+            return self.layout_image(text_embeds, text_mask)
         cfg, B = self.cfg, x.shape[0]
 
         # conditioning
@@ -266,22 +312,19 @@ class EfficientUNet(nn.Module):
             lowres_t = torch.zeros_like(t) if lowres_t is None else lowres_t
             emb = emb + self.lowres_time_mlp(lowres_t)
             x = torch.cat([x, lowres.to(x.dtype)], dim=1)  # (B, 2C, H, W)
-        text = self.text_norm(self.text_proj(text_embeds))  # (B, L, Dc)
-        text = torch.cat([self.null_text.expand(B, 1, -1).to(text.dtype), text], dim=1)  # (B, 1+L, Dc)
-        mask = None
-        if text_mask is not None and not bool(text_mask.all()):
-            mask = torch.cat([text_mask.new_ones(B, 1), text_mask], dim=1).bool()  # (B, 1+L)
-        if self.text_layers is not None:
-            text = self.text_layers(text, mask)
+        text, mask = self._text(text_embeds, text_mask)
         if self.text_pool is not None:
             emb = emb + self.text_pool(text, mask)
         emb = F.silu(emb)  # every FiLM projection starts with SiLU; do it once
+        layout = self.layout(text, mask) if self.layout is not None else None  # (B, Dc, G, G)
 
         # Plain NCHW on purpose: on CPU (oneDNN, bf16) channels_last sped the convs up ~10% but made
         # GroupNorm's backward ~10x slower, a net loss of ~15% per training step.
         if cfg.coord_channels:
             x = torch.cat([x, _coordinates(x)], dim=1)  # (B, C + 2, H, W)
         h = self.init_conv(x)  # (B, dim, H, W)
+        if layout is not None:
+            h = self.layout_in(h, layout)
         h0, skips = h, []
         for level in self.down:
             if cfg.memory_efficient and level.resample is not None:
@@ -294,6 +337,8 @@ class EfficientUNet(nn.Module):
             if not cfg.memory_efficient and level.resample is not None:
                 h = level.resample(h)
 
+        if layout is not None:
+            h = self.layout_mid(h, layout)
         h = self.mid1(h, emb)
         if self.mid_attn is not None:
             h = self.mid_attn(h, text, mask)
@@ -312,6 +357,8 @@ class EfficientUNet(nn.Module):
 
         h = self.final_block(torch.cat([h, h0 * s], dim=1), emb)  # (B, dim, H, W)
         out = self.out_conv(F.silu(self.out_norm(h)))  # (B, out_channels, H, W)
+        if return_layout:  # training also fits the layout's own image guess (train/loop.py)
+            return out, self.layout.image(layout)
         return out
 
 

@@ -40,6 +40,8 @@ class StageTrainConfig:
     min_snr_gamma: float | None = 5.0   # Min-SNR-gamma loss weights (Hang et al. 2023); None: plain MSE
     lowres_aug_max: float | None = None  # SR: train aug level ~ U(0, max) in lowres_schedule units; None: its sample_t
     crop: int | None = None             # SR: train on random crop x crop patches of the stage resolution
+    layout_loss: float = 1.0            # weight of the text layout's image-guess MSE (U-Nets with layout_grid)
+    layout_warmup: int = 0              # the first N of `steps` train only the text layout (cheap; nn/layout.py)
 
     def __post_init__(self):
         _positive_int(self.steps, "stages.N.steps")
@@ -54,6 +56,17 @@ class StageTrainConfig:
                 raise ConfigError(f"crop={self.crop} is larger than the stage resolution {self.stage.resolution}")
             if not self.stage.lowres:
                 raise ConfigError("crop is for super-resolution stages only; the base stage sees whole images")
+            if isinstance(self.stage.unet, dict) and self.stage.unet.get("layout_grid"):
+                raise ConfigError("a U-Net with a text layout (layout_grid) lays out the whole image; it cannot "
+                                  "train on crops: drop crop or set layout_grid=0")
+        if not (isinstance(self.layout_loss, (int, float)) and self.layout_loss >= 0):
+            raise ConfigError(f"layout_loss={self.layout_loss!r} must be a number >= 0")
+        if not isinstance(self.layout_warmup, int) or not 0 <= self.layout_warmup < self.steps:
+            raise ConfigError(f"layout_warmup={self.layout_warmup!r} must be an int in [0, steps={self.steps})")
+        if self.layout_warmup and not (isinstance(self.stage.unet, dict) and self.stage.unet.get("layout_grid")
+                                       and self.layout_loss):
+            raise ConfigError("layout_warmup trains the text layout alone: it needs unet.layout_grid > 0 and "
+                              "layout_loss > 0")
 
 
 @dataclass(frozen=True)

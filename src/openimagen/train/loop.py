@@ -51,10 +51,13 @@ def learning_rate(cfg: TrainConfig, k: int, step: int) -> float:
     """Stage k's lr for its optimiser step `step` (0-based): linear warm-up, then constant or cosine to 10%."""
     o, st = cfg.optim, cfg.stages[k]
     base = st.lr if st.lr is not None else o.lr
+    if step < st.layout_warmup:  # text-layout warm-up: its own linear ramp, then constant
+        return base * min(1.0, (step + 1) / o.warmup_steps)
+    step -= st.layout_warmup  # the diffusion steps start their schedule afresh
     if step < o.warmup_steps:
         return base * (step + 1) / o.warmup_steps
     if o.decay == "cosine":
-        span = max(1, st.steps - o.warmup_steps)
+        span = max(1, st.steps - st.layout_warmup - o.warmup_steps)
         return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / span))))
     return base
 
@@ -76,8 +79,10 @@ def _rand(shape, g: torch.Generator, device, normal: bool = False) -> Tensor:
 
 
 def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, Tensor], captions: list[str],
-               lookup, g: torch.Generator) -> Tensor:
-    """The diffusion loss of stage k on one micro-batch. images: {resolution: (B, 3, R, R) in [-1, 1]}."""
+               lookup, g: torch.Generator, layout_only: bool = False) -> Tensor:
+    """The diffusion loss of stage k on one micro-batch. images: {resolution: (B, 3, R, R) in [-1, 1]}.
+
+    layout_only: a text-layout warm-up step, only the layout's image-guess loss (no U-Net pass)."""
     st, sc = cfg.stages[k], stage.config
     x0 = images[sc.resolution]  # (B, 3, R, R)
     B, device = x0.shape[0], x0.device
@@ -93,6 +98,11 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
     drop = _rand((B,), g, "cpu") < cfg.caption_dropout
     embeds, mask = lookup(["" if d else c for c, d in zip(captions, drop.tolist())])
     embeds, mask = embeds.to(device), mask.to(device)  # (B, L, D), (B, L)
+
+    grid = sc.unet.get("layout_grid", 0) if isinstance(sc.unet, dict) else 0
+    if layout_only:
+        guess = model(x_t, stage.schedule.model_time(t), embeds, mask, layout_only=True)
+        return st.layout_loss * F.mse_loss(guess.float(), F.adaptive_avg_pool2d(x0, grid))
 
     lowres = lowres_t = None
     if sc.lowres:
@@ -111,8 +121,16 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
         lowres = a.view(-1, 1, 1, 1) * up + s.view(-1, 1, 1, 1) * _rand(up.shape, g, device, normal=True)
         lowres_t = sched.model_time(aug_t)
 
-    out = model(x_t, stage.schedule.model_time(t), embeds, mask, lowres=lowres, lowres_t=lowres_t)
-    return diffusion_loss(out.float(), x0, eps, t, stage.schedule, stage.parameterization, st.min_snr_gamma)
+    if grid and st.layout_loss:
+        # The text layout's own guess of the clean image, fitted at every noise level: a direct signal
+        # for "what goes where" (nn/layout.py) on top of the diffusion loss.
+        out, guess = model(x_t, stage.schedule.model_time(t), embeds, mask, lowres=lowres, lowres_t=lowres_t,
+                           return_layout=True)
+        layout = st.layout_loss * F.mse_loss(guess.float(), F.adaptive_avg_pool2d(x0, grid))
+    else:
+        out = model(x_t, stage.schedule.model_time(t), embeds, mask, lowres=lowres, lowres_t=lowres_t)
+        layout = 0.0
+    return diffusion_loss(out.float(), x0, eps, t, stage.schedule, stage.parameterization, st.min_snr_gamma) + layout
 
 
 def _crop_pair(hi: Tensor, low: Tensor, crop: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -166,7 +184,12 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     # only joins them into one gloo group when told to use the CPU; otherwise every process would train
     # alone, on the whole batch, writing the same folder.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=launched and not torch.cuda.is_available())
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # A text-layout warm-up step leaves the rest of the U-Net without gradients; DDP must expect that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=any(st.layout_warmup for st in cfg.stages))
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=launched and not torch.cuda.is_available(),
+                      kwargs_handlers=[ddp])
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     for i, st in enumerate(cfg.stages):
         if st.batch_size % (world * cfg.optim.grad_accum):
@@ -233,7 +256,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             images = {r: x.to(acc.device, non_blocking=True) for r, x in images.items()}
             last = m == len(micro_batches) - 1
             with (_null() if last else acc.no_sync(model)), acc.autocast():
-                loss = stage_loss(cfg, k, model, stages[k], images, captions, lookup, g) / len(micro_batches)
+                loss = stage_loss(cfg, k, model, stages[k], images, captions, lookup, g,
+                                  layout_only=done[k] < cfg.stages[k].layout_warmup) / len(micro_batches)
                 acc.backward(loss)
             step_loss += loss.detach()
         if cfg.optim.grad_clip is not None:
