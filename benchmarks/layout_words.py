@@ -220,7 +220,7 @@ def caption_only(kind: str, steps: int = 2000, batch: int = 16, every: int = 250
             with torch.no_grad():
                 d = predict(te_e, te_m).float()
             right = ((d - tx) ** 2).mean((1, 2, 3)) < ((d - tsw) ** 2).mean((1, 2, 3))
-            out.append({"step": step, "binding": float(right.float().mean()), "loss": float(loss)})
+            out.append({"step": step, "binding": float(right.float().mean()), "loss": float(loss.detach())})
             print(f"{kind} step {step} binding {out[-1]['binding']:.2f}", flush=True)
     return out
 
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     en.add_argument("--json")
     co = sub.add_parser("caption-only", help="fit relation images from the caption alone: does it bind colours to sides?")
     co.add_argument("kinds", nargs="+", choices=["unet", "layout", "layout-random"])
-    co.add_argument("--steps", type=int, default=2000)
+    co.add_argument("--steps", type=int, default=4000)
     co.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
