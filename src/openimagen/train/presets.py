@@ -88,10 +88,10 @@ def shapes_tiny() -> TrainConfig:
     )
 
 
-# Text-layout warm-up steps of the shapes-small base (train only nn/layout.py's decoder, ~0.03 s each).
-# Alone on relation scenes the decoder needed ~29k of them (batch 16: ~1800 steps) before it bound
-# colours to sides; on the standard mix (whose single scenes teach the places) it bound them (98% on
-# 128 relation scenes) by step 1750.
+# Text-layout warm-up steps of the shapes-small base (train only nn/layout.py's decoder, ~0.06 s each
+# with two processes). Alone on relation scenes the decoder plateaus for 2000-3500 steps before it binds
+# colours to sides (benchmarks/layout_words.py caption-only); on the standard mix (whose single scenes
+# teach the places) it bound 99% of 128 held-out relation scenes by step 2000 of the shipped run.
 LAYOUT_WARMUP = 3_000
 
 
