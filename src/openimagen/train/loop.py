@@ -6,6 +6,8 @@ One step of stage k (Imagen, Saharia et al. 2022, §2; Ho et al. 2021 for the ca
     text    cached embeddings of the captions; each caption is "" with prob. caption_dropout
     SR      lowres upsampled (as at sampling) and noised to a random aug level per sample
     loss    diffusion_loss(unet(x_t, ...), x0, eps, t), optionally min-SNR-gamma weighted
+            [+ layout_loss * MSE(text layout's G x G image guess, x0 averaged to G x G), for U-Nets with
+             layout_grid; the first layout_warmup steps use only that term and skip the U-Net]
 then clip, AdamW, EMA. Stage order: "sequential" or "interleaved" (see `next_stage`).
 
 Exact resume: everything random in a step comes from a generator seeded by (seed, rank, step) and
@@ -101,8 +103,7 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
 
     grid = sc.unet.get("layout_grid", 0) if isinstance(sc.unet, dict) else 0
     if layout_only:
-        guess = model(x_t, stage.schedule.model_time(t), embeds, mask, layout_only=True)
-        return st.layout_loss * F.mse_loss(guess.float(), F.adaptive_avg_pool2d(x0, grid))
+        return _layout_loss(st, model(x_t, stage.schedule.model_time(t), embeds, mask, layout_only=True), x0)
 
     lowres = lowres_t = None
     if sc.lowres:
@@ -126,11 +127,16 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
         # for "what goes where" (nn/layout.py) on top of the diffusion loss.
         out, guess = model(x_t, stage.schedule.model_time(t), embeds, mask, lowres=lowres, lowres_t=lowres_t,
                            return_layout=True)
-        layout = st.layout_loss * F.mse_loss(guess.float(), F.adaptive_avg_pool2d(x0, grid))
+        layout = _layout_loss(st, guess, x0)
     else:
         out = model(x_t, stage.schedule.model_time(t), embeds, mask, lowres=lowres, lowres_t=lowres_t)
         layout = 0.0
     return diffusion_loss(out.float(), x0, eps, t, stage.schedule, stage.parameterization, st.min_snr_gamma) + layout
+
+
+def _layout_loss(st, guess: Tensor, x0: Tensor) -> Tensor:
+    """The text layout's (B, C, G, G) image guess against the clean image averaged over G x G cells."""
+    return st.layout_loss * F.mse_loss(guess.float(), F.adaptive_avg_pool2d(x0, guess.shape[-2:]))
 
 
 def _crop_pair(hi: Tensor, low: Tensor, crop: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
