@@ -391,7 +391,7 @@ def notes(res: dict) -> str:
         "count. One thread is the default because this 2-core machine is shared: 2-thread steps stalled 5-10x "
         "whenever another process took a core (`--threads 2` on a quiet machine).",
         "- Training step, ours: the trainer's own `train.loop.stage_loss` for stage 0 of `shapes-small` (v-prediction, "
-        "cosine schedule, min-SNR 5, caption dropout 0.1) and backward under bf16 autocast, gradient clipping at 1.0, "
+        "cosine schedule shifted by -3 in log-SNR, plain MSE, the text-layout loss, caption dropout 0.1) and backward under bf16 autocast, gradient clipping at 1.0, "
         "AdamW; imagen-pytorch: `Imagen(...)(images, text_embeds=, text_masks=)` (its defaults: eps objective, cosine, "
         "min-SNR 5, cond_drop_prob 0.1), backward, Adam with ImagenTrainer's defaults; its bf16 row is the same under "
         "`torch.autocast` (what `ImagenTrainer(precision=\"bf16\")` does through accelerate). EMA is left out on "
