@@ -149,7 +149,7 @@ def encoder_roles(n: int = 3000, seed: int = 5) -> dict:
     return out
 
 
-def caption_only(kind: str, steps: int = 2000, batch: int = 16, every: int = 250, n_train: int = 6000,
+def caption_only(kind: str, steps: int = 4000, batch: int = 16, every: int = 250, n_train: int = 6000,
                  resolution: int = 16, seed: int = 0) -> list[dict]:
     """Can a network bind colours to sides from the caption alone? No diffusion: fit the clean image
     of relation scenes from the caption only (what the base must know at t = 1), x0-MSE, AdamW 5e-4, bf16.

@@ -45,6 +45,7 @@ class StageTrainConfig:
 
     def __post_init__(self):
         _positive_int(self.steps, "stages.N.steps")
+        has_layout = isinstance(self.stage.unet, dict) and bool(self.stage.unet.get("layout_grid"))
         _positive_int(self.batch_size, "stages.N.batch_size")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr={self.lr!r} must be positive (or null to use optim.lr)")
@@ -56,15 +57,14 @@ class StageTrainConfig:
                 raise ConfigError(f"crop={self.crop} is larger than the stage resolution {self.stage.resolution}")
             if not self.stage.lowres:
                 raise ConfigError("crop is for super-resolution stages only; the base stage sees whole images")
-            if isinstance(self.stage.unet, dict) and self.stage.unet.get("layout_grid"):
+            if has_layout:
                 raise ConfigError("a U-Net with a text layout (layout_grid) lays out the whole image; it cannot "
                                   "train on crops: drop crop or set layout_grid=0")
         if not (isinstance(self.layout_loss, (int, float)) and self.layout_loss >= 0):
             raise ConfigError(f"layout_loss={self.layout_loss!r} must be a number >= 0")
         if not isinstance(self.layout_warmup, int) or not 0 <= self.layout_warmup < self.steps:
             raise ConfigError(f"layout_warmup={self.layout_warmup!r} must be an int in [0, steps={self.steps})")
-        if self.layout_warmup and not (isinstance(self.stage.unet, dict) and self.stage.unet.get("layout_grid")
-                                       and self.layout_loss):
+        if self.layout_warmup and not (has_layout and self.layout_loss):
             raise ConfigError("layout_warmup trains the text layout alone: it needs unet.layout_grid > 0 and "
                               "layout_loss > 0")
 
