@@ -61,7 +61,7 @@ def cmd_generate(args) -> int:
         steps=args.steps,
         guidance=args.guidance,
         sampler=args.sampler,
-        lowres_aug=args.noise_level,
+        noise_level=args.noise_level,
         height=args.height,
         width=args.width,
         seed=args.seed,

@@ -10,29 +10,25 @@ saves and loads them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .config import from_dict, load_json, save_json, to_dict
-from .diffusion import (
-    SAMPLERS,
-    Parameterization,
-    classifier_free_guidance,
-    dynamic_threshold,
-    as_timesteps,
-    respaced_timesteps,
-    static_threshold,
-)
-from .stage import Stage, StageConfig, _randn, unet_classes
+from . import options
+from .diffusion import SAMPLERS, Parameterization, Step
+from .sampling import GenerationCancelled, sample_stage
+from .stage import Stage, StageConfig, unet_classes
 from .text import TextEncoder, check_prompts, text_encoder_from_spec
 
 FORMAT = "openimagen-cascade"
+StageCallback = Callable[[Step], "bool | None"]  # after every step of every stage; False cancels
 
 
 class ModelFolderError(ValueError):
@@ -58,18 +54,6 @@ def to_pil(images: Tensor):
     arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     arr = arr.permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
-
-
-def _per_stage(value, n: int, name: str, total: int | None = None) -> list:
-    """One entry per stage that runs (n); a list for every stage of the cascade (total) is cut to n."""
-    if isinstance(value, (list, tuple)):
-        if total is not None and len(value) == total:
-            return list(value)[:n]
-        if len(value) != n:
-            whole = "" if total in (None, n) else f" or one per stage of the cascade ({total})"
-            raise ValueError(f"{name} has {len(value)} entries but {n} stage(s) run; give one per stage run{whole}")
-        return list(value)
-    return [value] * n
 
 
 class Cascade(torch.nn.Module):
@@ -125,7 +109,7 @@ class Cascade(torch.nn.Module):
         steps: int | str | Sequence | None = None,
         guidance: float | Sequence[float] | None = None,
         sampler: str | Sequence[str] | None = None,
-        lowres_aug: float | Sequence[float] | None = None,
+        noise_level: float | Sequence[float] | None = None,
         height: int | Sequence[int | None] | None = None,
         width: int | Sequence[int | None] | None = None,
         image: Tensor | None = None,
@@ -136,6 +120,7 @@ class Cascade(torch.nn.Module):
         device: str | torch.device | None = None,
         offload: bool = False,
         progress: bool = True,
+        callback: StageCallback | None = None,
     ) -> CascadeOutput:
         """Run every stage in order. Same seed, same arguments -> identical images.
 
@@ -146,6 +131,10 @@ class Cascade(torch.nn.Module):
         [-1, 1] skips stage 0: the cascade starts by enlarging it. `device` is where sampling runs; with
         `offload=True` each model (text encoder, then each stage) sits there only while it runs and goes
         back to its own device afterwards, so a cascade bigger than the accelerator's memory still runs.
+        `noise_level` is the low-res noise augmentation of super-resolution stages (their
+        `lowres_schedule`'s units). `callback(step)` runs after every sampling step with a
+        `diffusion.Step` whose `stage` is set (x_t, x, x0_hat: previews); returning False stops the run
+        with `GenerationCancelled`.
         """
         n = len(self.stages) if stop_at is None else stop_at
         first = 0 if image is None else 1
@@ -157,65 +146,52 @@ class Cascade(torch.nn.Module):
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
         total = len(self.stages)
-        steps = _per_stage(steps, n, "steps", total)
-        guidance = _per_stage(guidance, n, "guidance", total)
-        sampler = _per_stage(sampler, n, "sampler", total)
-        lowres_aug = _per_stage(lowres_aug, n, "lowres_aug", total)
-        sizes = _stage_sizes(self.stages[:n], height, width)
+        steps = options.per_stage(steps, n, "steps", total)
+        guidance = options.per_stage(guidance, n, "guidance", total)
+        sampler = options.per_stage(sampler, n, "sampler", total)
+        noise_level = options.per_stage(noise_level, n, "noise_level", total)
+        sizes = options.stage_sizes(self.stages[:n], height, width)
         device = torch.device(device) if device is not None else next(self.parameters()).device
-        timesteps = {i: _timesteps(self.stages[i], self.stages[i].config.steps if steps[i] is None else steps[i])
+        timesteps = {i: options.timesteps(self.stages[i], self.stages[i].config.steps if steps[i] is None else steps[i])
                      for i in range(first, n)}
+        for i in range(first, n):
+            name = sampler[i] or self.stages[i].config.sampler
+            if name not in SAMPLERS:
+                raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
 
         cond_e, cond_m, unc_e, unc_m = self._encode(prompts, negative_prompt, text_embeds, device, offload)
         rep = lambda t: t.repeat_interleave(num_images, dim=0)
         cond_e, cond_m, unc_e, unc_m = map(rep, (cond_e, cond_m, unc_e, unc_m))
         generator = torch.Generator("cpu").manual_seed(seed)
         B = cond_e.shape[0]
-        prev = None if image is None else _check_image(image, len(prompts), B).to(device)
+        prev = None if image is None else options.check_image(image, len(prompts), B).to(device)
 
         images: list[Tensor] = []
         for i in range(first, n):
             stage: Stage = self.stages[i]
-            cfg = stage.config
-            name = sampler[i] or cfg.sampler
-            if name not in SAMPLERS:
-                raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
             ts = timesteps[i].to(device)
             h, w = sizes[i]
+            bar = _progress(len(ts), f"stage {i} ({h}x{w}px)", progress)
+
+            def report(step, i=i, bar=bar):
+                bar.update(1)
+                return None if callback is None else callback(dataclasses.replace(step, stage=i))
+
             with _placed(stage, device, offload):
-                # RNG order as diffusers' IF pipelines: x_T, then (SR) the augmentation noise, then per-step noise.
-                x = _randn((B, 3, h, w), generator, device)
-                cond = {"text_embeds": cond_e.to(device), "text_mask": cond_m.to(device)}
-                uncond = {"text_embeds": unc_e.to(device), "text_mask": unc_m.to(device)}
-                if cfg.lowres:
-                    aug = cfg.lowres_aug if lowres_aug[i] is None else lowres_aug[i]
-                    low, low_t = stage.augment_lowres(prev, aug, generator, (h, w))
-                    for c in (cond, uncond):
-                        c["lowres"], c["lowres_t"] = low, low_t
-                denoise = classifier_free_guidance(self._model_fn(stage, autocast_dtype), cond, uncond,
-                                                   cfg.guidance if guidance[i] is None else guidance[i])
-                if cfg.threshold == "dynamic":
-                    denoise = dynamic_threshold(denoise, stage.schedule, cfg.threshold_percentile, cfg.threshold_max)
-                elif cfg.threshold == "static":
-                    denoise = static_threshold(denoise, stage.schedule)
-                bar = _progress(len(ts), f"stage {i} ({h}x{w}px)", progress)
-                x = SAMPLERS[name](denoise, x, stage.schedule, ts, generator=generator,
-                                   callback=lambda *_: bar.update(1))
-                bar.close()
+                try:
+                    x = sample_stage(
+                        stage,
+                        {"text_embeds": cond_e.to(device), "text_mask": cond_m.to(device)},
+                        {"text_embeds": unc_e.to(device), "text_mask": unc_m.to(device)},
+                        (B, 3, h, w), ts, generator=generator, sampler=sampler[i], guidance=guidance[i],
+                        lowres=prev, noise_level=noise_level[i], callback=report,
+                        autocast_dtype=autocast_dtype, stage_index=i,
+                    )
+                finally:
+                    bar.close()
             prev = x.clamp(-1, 1)
             images.append(prev)
         return CascadeOutput(images=images, prompts=[p for p in prompts for _ in range(num_images)])
-
-    def _model_fn(self, stage: Stage, autocast_dtype):
-        if autocast_dtype is None:
-            return stage.model
-        device_type = next(stage.parameters()).device.type
-
-        def model(x, t, cond):
-            with torch.autocast(device_type, dtype=autocast_dtype):
-                return stage.model(x, t, cond)
-
-        return model
 
     def _encode(self, prompts, negative_prompt, text_embeds, device=None, offload=False):
         if self.text_encoder is None:
@@ -281,53 +257,6 @@ class Cascade(torch.nn.Module):
         if text_encoder is None and index.get("text_encoder") is not None:
             text_encoder = text_encoder_from_spec(index["text_encoder"])
         return cls(text_encoder, stages)
-
-
-def _stage_sizes(stages, height, width) -> list[tuple[int, int]]:
-    """(h, w) per stage: a single int sizes the last stage; lists give one entry (or None) per stage."""
-    n = len(stages)
-    def per_stage(v, name):
-        if isinstance(v, (list, tuple)):
-            return _per_stage(v, n, name)
-        return [None] * (n - 1) + [v]
-    out = []
-    for stage, h, w in zip(stages, per_stage(height, "height"), per_stage(width, "width")):
-        for name, v in (("height", h), ("width", w)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 8):
-                raise ValueError(f"{name} must be a whole number of pixels >= 8, got {v!r}")
-        out.append((h or stage.resolution, w or stage.resolution))
-    return out
-
-
-def _timesteps(stage: Stage, spec) -> Tensor:
-    """A stage's descending sampling times from a count, a named list ("smart50") or an explicit list."""
-    if isinstance(spec, bool):
-        raise ValueError(f"steps must be a positive integer, a named list or a timestep list, got {spec!r}")
-    if isinstance(spec, str) and spec.isdigit():
-        spec = int(spec)
-    if isinstance(spec, int):
-        if spec < 1:
-            raise ValueError(f"steps must be a positive integer, got {spec!r}")
-        return stage.schedule.timesteps(spec)
-    if isinstance(spec, str):
-        if not stage.schedule.discrete:
-            raise ValueError(f"named timestep list {spec!r} needs a discrete schedule (ddpm_cosine); "
-                             "give a number of steps instead")
-        return respaced_timesteps(spec, stage.schedule.config.num_train_timesteps)
-    if isinstance(spec, (list, tuple, Tensor)):
-        return as_timesteps(stage.schedule, spec)
-    raise ValueError(f"steps must be a positive integer, a named list or a timestep list, got {spec!r}")
-
-
-def _check_image(image: Tensor, n_prompts: int, B: int) -> Tensor:
-    if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be a (B, 3, H, W) tensor in [-1, 1], got "
-                         f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}")
-    if image.shape[0] == n_prompts:
-        return image.float().repeat_interleave(B // n_prompts, dim=0)
-    if image.shape[0] != B:
-        raise ValueError(f"image has {image.shape[0]} rows for {n_prompts} prompts; give one image per prompt")
-    return image.float()
 
 
 def _device_of(module) -> torch.device | None:

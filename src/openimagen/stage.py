@@ -2,19 +2,19 @@
 
 `Stage.model` is where `nn/` (networks that know nothing about noise) meets `diffusion/` (math that
 knows nothing about networks): it turns a U-Net into the denoiser contract of docs/architecture.md.
-For super-resolution stages it also does the noise-conditioning augmentation of the low-resolution
-image (Imagen, Saharia et al. 2022, §2.4; Ho et al. 2021, "Cascaded Diffusion Models").
+`Stage.unet_inputs` is the one translation of (x_t, t, conditioning) into a U-Net call, for sampling and
+training alike; a super-resolution stage's low-res input is built by `lowres.py` for both.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .config import ConfigError, from_dict
-from .diffusion import SAMPLERS, Denoised, Parameterization, ScheduleConfig, make_schedule
+from .diffusion import SAMPLERS, THRESHOLDS, Denoised, Parameterization, ScheduleConfig, make_schedule
+from .lowres import RESIZE_MODES, LowresConditioning
 
 # ----------------------------------------------------------------------------------------------
 # Stage: one U-Net with its noise schedule, parameterisation and sampling defaults
@@ -40,8 +40,6 @@ class StageConfig:
     threshold_max: float | None = None          # IF: 1.5 for stage I, 1.0 for stage II
 
 
-RESIZE_MODES = ("bilinear", "bicubic", "nearest")
-
 
 def unet_classes(kind: str):
     if kind == "efficient":
@@ -64,9 +62,12 @@ class Stage(torch.nn.Module):
             raise ConfigError(f"unknown sampler {config.sampler!r}; choose one of {sorted(SAMPLERS)}")
         if config.lowres_resize not in RESIZE_MODES:
             raise ConfigError(f"unknown lowres_resize {config.lowres_resize!r}; choose one of {list(RESIZE_MODES)}")
+        if config.threshold not in THRESHOLDS:
+            raise ConfigError(f"unknown threshold {config.threshold!r}; choose one of {list(THRESHOLDS)}")
         self.config = config
         self.schedule = make_schedule(config.schedule)
         self.lowres_schedule = make_schedule(config.lowres_schedule)
+        self.lowres_cond = LowresConditioning(self.lowres_schedule, config.lowres_resize, config.lowres_align_corners)
         self.parameterization = config.parameterization
         if unet is None:
             cfg_cls, net_cls = unet_classes(config.unet_kind)
@@ -77,33 +78,40 @@ class Stage(torch.nn.Module):
     def resolution(self) -> int:
         return self.config.resolution
 
-    def model(self, x: Tensor, t: Tensor, cond: dict) -> Denoised:
-        """The denoiser contract: x_t, t (schedule units) and conditioning -> Denoised."""
-        alpha, sigma = self.schedule.alpha_sigma(t)
+    def unet_inputs(self, x: Tensor, t: Tensor, cond: dict) -> dict:
+        """The U-Net's arguments for x_t at t (schedule units) with conditioning `cond` (text_embeds,
+        text_mask and, for SR stages, lowres and its noise level lowres_t): the one translation from
+        the diffusion side's units to the network's, shared by sampling and training."""
         lowres, lowres_t = cond.get("lowres"), cond.get("lowres_t")
         dtype = next(self.unet.parameters()).dtype  # fp16/bf16 weights get inputs of their dtype; state stays fp32
-        out = self.unet(
-            x.to(dtype),
-            self.schedule.model_time(t),
-            cond["text_embeds"].to(dtype),
-            cond.get("text_mask"),
+        return dict(
+            x=x.to(dtype),
+            time=self.schedule.model_time(t),
+            text_embeds=cond["text_embeds"].to(dtype),
+            text_mask=cond.get("text_mask"),
             lowres=None if lowres is None else lowres.to(dtype),
             lowres_t=None if lowres_t is None else self.lowres_schedule.model_time(lowres_t),
         )
-        return self.parameterization.to_denoised(out.float(), x, alpha, sigma)
 
-    def augment_lowres(self, lowres: Tensor, aug_t: float, generator: torch.Generator | None,
+    def call_unet(self, x: Tensor, t: Tensor, cond: dict, net: torch.nn.Module | None = None, **extra) -> Tensor:
+        """The U-Net's raw output; `net` is the same U-Net wrapped for training (DDP), if any."""
+        a = self.unet_inputs(x, t, cond)
+        return (net or self.unet)(a["x"], a["time"], a["text_embeds"], a["text_mask"],
+                                  lowres=a["lowres"], lowres_t=a["lowres_t"], **extra)
+
+    def model(self, x: Tensor, t: Tensor, cond: dict) -> Denoised:
+        """The denoiser contract: x_t, t (schedule units) and conditioning -> Denoised."""
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return self.parameterization.to_denoised(self.call_unet(x, t, cond).float(), x, alpha, sigma)
+
+    def augment_lowres(self, lowres: Tensor, level: float, generator: torch.Generator | None,
                        size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-        """Upsample the previous stage's image to `size` (default: the stage's resolution) and noise it to
-        level `aug_t` (noise-conditioning augmentation). One draw, fixed for every sampling step."""
+        """Sampling's low-res input: the previous image resized to `size` (default: the stage's
+        resolution) and noised to `level`, one draw fixed for every sampling step."""
         size = size or (self.resolution, self.resolution)
-        cfg = self.config
-        align = cfg.lowres_align_corners if cfg.lowres_resize != "nearest" else None
-        up = F.interpolate(lowres.float(), size=size, mode=cfg.lowres_resize, align_corners=align)
-        t = torch.full((up.shape[0],), float(aug_t), device=up.device)
-        alpha, sigma = self.lowres_schedule.alpha_sigma(t)
-        noise = _randn(up.shape, generator, up.device)
-        return alpha.view(-1, 1, 1, 1) * up + sigma.view(-1, 1, 1, 1) * noise, t
+        level_t = torch.full((lowres.shape[0],), float(level), device=lowres.device)
+        noise = _randn((lowres.shape[0], lowres.shape[1], *size), generator, lowres.device)
+        return self.lowres_cond(lowres, size, level_t, noise)
 
 
 def _randn(shape, generator: torch.Generator | None, device) -> Tensor:

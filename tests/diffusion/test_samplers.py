@@ -120,11 +120,37 @@ def test_walks_every_timestep_once_and_ends_clean(name):
     calls, seen = [], []
     x = torch.randn(3, 4, 1, 1, generator=torch.Generator().manual_seed(0))
     out = SAMPLERS[name](oracle(s, calls), x, s, ts, generator=torch.Generator().manual_seed(0),
-                         callback=lambda i, t, x: seen.append((i, t.item())))
+                         callback=lambda st: seen.append((st.i, st.t.item())))
     assert calls == [999.0, 640.0, 17.0]
     assert seen == [(0, 999.0), (1, 640.0), (2, 17.0)]
     # The last step goes to the clean state: the output is the final x0_hat, whatever t the list ends at.
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_callback_sees_x0_hat_and_its_tensor_replaces_x(name):
+    s = make_schedule("ddpm_cosine")
+    ts = torch.tensor([999.0, 500.0, 100.0])
+    x = torch.randn(2, 4, 1, 1, generator=torch.Generator().manual_seed(0))
+    steps, inputs = [], []
+
+    def denoise(x_t, t):
+        inputs.append(x_t.clone())
+        return oracle(s)(x_t, t)
+
+    def hook(st):
+        steps.append(st)
+        return torch.full_like(st.x, float(st.i))  # replace the state after every step
+
+    out = SAMPLERS[name](denoise, x, s, ts, generator=torch.Generator().manual_seed(0), callback=hook)
+    assert [st.i for st in steps] == [0, 1, 2] and all(st.num_steps == 3 for st in steps)
+    assert [st.last for st in steps] == [False, False, True]
+    assert torch.equal(steps[0].x_t, x)
+    d0 = oracle(s)(x, ts[0].expand(2))
+    assert torch.equal(steps[0].x0_hat, d0.x0)          # the denoised estimate at t, not x_t
+    assert torch.equal(inputs[1], torch.zeros_like(x))  # the next step starts from the replacement
+    assert torch.equal(inputs[2], torch.ones_like(x))
+    assert torch.equal(out, torch.full_like(x, 2.0))    # and so does the result
 
 
 def test_ddpm_is_seeded_and_the_final_step_draws_no_noise():

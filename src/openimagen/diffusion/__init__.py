@@ -1,8 +1,9 @@
 """Diffusion math: schedules, the denoiser contract, losses, samplers and guidance wrappers.
 
-Knows nothing about networks; `pipeline.py` joins it to `nn/`.
+Knows nothing about networks; `stage.py` joins it to `nn/`.
 """
-from .guidance import Model, classifier_free_guidance, dynamic_threshold, static_threshold
+from .forward import q_sample
+from .guidance import THRESHOLDS, Model, classifier_free_guidance, dynamic_threshold, static_threshold, thresholding
 from .losses import diffusion_loss, min_snr_weight, vlb_term
 from .parameterization import (
     Denoised,
@@ -12,7 +13,7 @@ from .parameterization import (
     learned_range_logvar,
     x0_from_eps,
 )
-from .samplers import SAMPLERS, ddim, ddpm, dpmpp_2m
+from .samplers import SAMPLERS, Callback, Step, ddim, ddpm, dpmpp_2m
 from .schedules import (
     IF_RESPACINGS,
     SCHEDULES,
@@ -31,5 +32,6 @@ __all__ = [
     "x0_from_eps", "eps_from_x0", "learned_range_logvar",
     "diffusion_loss", "min_snr_weight", "vlb_term",
     "ddpm", "ddim", "dpmpp_2m",
-    "classifier_free_guidance", "dynamic_threshold", "static_threshold",
+    "classifier_free_guidance", "dynamic_threshold", "static_threshold", "thresholding", "THRESHOLDS",
+    "q_sample", "Step", "Callback",
 ]

@@ -103,3 +103,18 @@ def static_threshold(denoise: Denoiser, schedule: Schedule) -> Denoiser:
         return _with_x0(d, x, t, d.x0.clamp(-1, 1), schedule)
 
     return wrapped
+
+
+THRESHOLDS = ("dynamic", "static", "none")
+
+
+def thresholding(kind: str, schedule: Schedule, percentile: float = 0.995,
+                 max_value: float | None = None) -> Callable[[Denoiser], Denoiser]:
+    """The wrapper a stage's `threshold` setting names: "dynamic", "static" or "none" (identity)."""
+    if kind == "dynamic":
+        return lambda denoise: dynamic_threshold(denoise, schedule, percentile, max_value)
+    if kind == "static":
+        return lambda denoise: static_threshold(denoise, schedule)
+    if kind == "none":
+        return lambda denoise: denoise
+    raise ValueError(f"unknown threshold {kind!r}; choose one of {list(THRESHOLDS)}")

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from .forward import q_sample
 from .parameterization import Parameterization, expand_like, learned_range_logvar
 from .schedules import Schedule, gaussian_posterior
 
@@ -80,7 +81,7 @@ def diffusion_loss(model_out: Tensor, x0: Tensor, eps: Tensor, t: Tensor, schedu
         mse = mse * min_snr_weight(schedule.logsnr(t), parameterization.kind, min_snr_gamma).to(mse.device)
     loss = mse.mean()
     if parameterization.learned_variance:
-        x_t = expand_like(alpha, x0) * x0 + expand_like(sigma, x0) * eps
+        x_t = q_sample(x0, t, schedule, eps)
         T = schedule.config.num_train_timesteps
         loss = loss + vlb_weight * T * vlb_term(model_out.float(), x0.float(), x_t.float(), t, schedule,
                                                 parameterization).mean()

@@ -8,6 +8,7 @@ then moved (diffusers' `randn_tensor`), so seeded runs reproduce diffusers' DDPM
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -16,7 +17,30 @@ from torch import Tensor
 from .parameterization import Denoiser, expand_like, learned_range_logvar
 from .schedules import Schedule, as_timesteps, gaussian_posterior
 
-Callback = Callable[[int, Tensor, Tensor], None]  # callback(i, t (0-d), x after step i)
+
+@dataclass
+class Step:
+    """What a sampler reports after step i (t -> the next time): the seam for previews, cancel and editing."""
+    i: int                 # step index, 0-based
+    num_steps: int         # len(ts)
+    t: Tensor              # 0-d, the time this step started from
+    x_t: Tensor            # (B,C,H,W) the state at t, before the step
+    x: Tensor              # (B,C,H,W) the state after the step (clean after the last one)
+    x0_hat: Tensor         # (B,C,H,W) the denoised estimate at t: a free preview in data space
+    last: bool             # the step went to the clean state
+    stage: int = 0         # which stage of a cascade (set by Cascade.generate)
+
+
+# callback(step) after every step; a returned tensor replaces step.x (editing hooks), None keeps it.
+Callback = Callable[[Step], "Tensor | None"]
+
+
+def _report(callback: Callback | None, i: int, n: int, t: Tensor, x_t: Tensor, x: Tensor, x0_hat: Tensor,
+            last: bool) -> Tensor:
+    if callback is None:
+        return x
+    out = callback(Step(i, n, t[0], x_t, x, x0_hat, last))
+    return x if out is None else out.to(x)
 
 
 def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -53,7 +77,7 @@ def ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] |
     """
     x = _start(x)
     for i, t, (a_t, s_t), (a_s, s_s), last in _steps(x, schedule, ts):
-        d = denoise(x, t)
+        d, x_t = denoise(x, t), x
         c_x0, c_xt, var, beta = gaussian_posterior(a_t, s_t, a_s, s_s)
         x = c_x0 * d.x0 + c_xt * x                                     # posterior mean
         if not last:  # going to the clean state has zero variance: no noise (diffusers: only when t > 0)
@@ -63,8 +87,7 @@ def ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] |
             else:
                 std = var.clamp_min(1e-20).sqrt()
             x = x + std * noise
-        if callback is not None:
-            callback(i, t[0], x)
+        x = _report(callback, i, len(ts), t, x_t, x, d.x0, last)
     return x
 
 
@@ -78,14 +101,13 @@ def ddim(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] |
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM variance), got {eta}")
     x = _start(x)
     for i, t, (a_t, s_t), (a_s, s_s), last in _steps(x, schedule, ts):
-        d = denoise(x, t)
+        d, x_t = denoise(x, t), x
         beta = (s_t**2 - s_s**2) / a_s**2                              # 1 - abar_t / abar_s
         c = eta * (s_s / s_t) * beta.clamp_min(0).sqrt()
         x = a_s * d.x0 + (s_s**2 - c**2).clamp_min(0).sqrt() * d.eps
         if eta > 0 and not last:
             x = x + c * _randn(x, generator)
-        if callback is not None:
-            callback(i, t[0], x)
+        x = _report(callback, i, len(ts), t, x_t, x, d.x0, last)
     return x
 
 
@@ -102,7 +124,7 @@ def dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[floa
     ts = as_timesteps(schedule, ts).to(x.device)
     x0_prev, h_prev = None, None
     for i, t, (a_t, s_t), (a_s, s_s), last in _steps(x, schedule, ts):
-        d = denoise(x, t)
+        d, x_t = denoise(x, t), x
         if last:
             x = d.x0
         else:
@@ -115,8 +137,7 @@ def dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[floa
                 D = (1 + 1 / (2 * r)) * d.x0 - (1 / (2 * r)) * x0_prev
             x = (s_s / s_t) * x - a_s * torch.expm1(-h) * D
             x0_prev, h_prev = d.x0, h
-        if callback is not None:
-            callback(i, t[0], x)
+        x = _report(callback, i, len(ts), t, x_t, x, d.x0, last)
     return x
 
 

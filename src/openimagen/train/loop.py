@@ -4,7 +4,7 @@ One step of stage k (Imagen, Saharia et al. 2022, §2; Ho et al. 2021 for the ca
     x0      the batch at stage k's resolution; lowres = antialiased downsample to stage k-1's
     t, eps  t ~ schedule.sample_t, eps ~ N(0, I);  x_t = alpha_t x0 + sigma_t eps
     text    cached embeddings of the captions; each caption is "" with prob. caption_dropout
-    SR      lowres upsampled (as at sampling) and noised to a random aug level per sample
+    SR      lowres resized and noised to a random level per sample, as at sampling (lowres.py)
     loss    diffusion_loss(unet(x_t, ...), x0, eps, t), optionally min-SNR-gamma weighted
             [+ layout_loss * MSE(text layout's G x G image guess, x0 averaged to G x G), for U-Nets with
              layout_grid; the first layout_warmup steps use only that term and skip the U-Net]
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import save_json, to_dict
-from ..diffusion import diffusion_loss
+from ..diffusion import diffusion_loss, q_sample
 from ..pipeline import Cascade
 from ..stage import Stage
 from . import checkpoint as ckpt
@@ -94,42 +94,30 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
 
     t = stage.schedule.sample_t(B, generator=g).to(device)  # (B,) schedule units
     eps = _rand(x0.shape, g, device, normal=True)
-    alpha, sigma = stage.schedule.alpha_sigma(t)
-    x_t = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
+    x_t = q_sample(x0, t, stage.schedule, eps)
 
     drop = _rand((B,), g, "cpu") < cfg.caption_dropout
     embeds, mask = lookup(["" if d else c for c, d in zip(captions, drop.tolist())])
-    embeds, mask = embeds.to(device), mask.to(device)  # (B, L, D), (B, L)
+    cond = {"text_embeds": embeds.to(device), "text_mask": mask.to(device)}  # (B, L, D), (B, L)
 
     grid = sc.unet.get("layout_grid", 0) if isinstance(sc.unet, dict) else 0
     if layout_only:
-        return _layout_loss(st, model(x_t, stage.schedule.model_time(t), embeds, mask, layout_only=True), x0)
+        return _layout_loss(st, stage.call_unet(x_t, t, cond, net=model, layout_only=True), x0)
 
-    lowres = lowres_t = None
     if sc.lowres:
-        # Noise-conditioning augmentation (Ho et al. 2021, §4.1), per sample; the same upsampling as
-        # Stage.augment_lowres uses at sampling time, so train and test inputs match.
-        size = x0.shape[-1]
-        up = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-        sched = stage.lowres_schedule
-        if st.lowres_aug_max is None:
-            aug_t = sched.sample_t(B, generator=g).to(device)
-        else:
-            u = _rand((B,), g, device)
-            aug_t = (u * (st.lowres_aug_max + 1)).floor().clamp(max=st.lowres_aug_max) if sched.config.discrete \
-                else u * st.lowres_aug_max
-        a, s = sched.alpha_sigma(aug_t)
-        lowres = a.view(-1, 1, 1, 1) * up + s.view(-1, 1, 1, 1) * _rand(up.shape, g, device, normal=True)
-        lowres_t = sched.model_time(aug_t)
+        # Noise-conditioning augmentation at a random level per sample, through the stage's own
+        # LowresConditioning: the same resize and noising as sampling (lowres.py).
+        level = stage.lowres_cond.training_levels(B, g, st.lowres_aug_max, device)
+        noise = _rand((B, low.shape[1], *x0.shape[-2:]), g, device, normal=True)
+        cond["lowres"], cond["lowres_t"] = stage.lowres_cond(low, tuple(x0.shape[-2:]), level, noise)
 
     if grid and st.layout_loss:
         # The text layout's own guess of the clean image, fitted at every noise level: a direct signal
         # for "what goes where" (nn/layout.py) on top of the diffusion loss.
-        out, guess = model(x_t, stage.schedule.model_time(t), embeds, mask, lowres=lowres, lowres_t=lowres_t,
-                           return_layout=True)
+        out, guess = stage.call_unet(x_t, t, cond, net=model, return_layout=True)
         layout = _layout_loss(st, guess, x0)
     else:
-        out = model(x_t, stage.schedule.model_time(t), embeds, mask, lowres=lowres, lowres_t=lowres_t)
+        out = stage.call_unet(x_t, t, cond, net=model)
         layout = 0.0
     return diffusion_loss(out.float(), x0, eps, t, stage.schedule, stage.parameterization, st.min_snr_gamma) + layout
 
