@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 DEFAULT_MODEL_HELP = "the small shapes-world cascade shipped inside the package"
+SAMPLER_NAMES = ["ddpm", "ddim", "dpmpp_2m"]  # diffusion.SAMPLERS (tests check they agree; importing it costs torch)
 
 
 def _positive_int(name):
@@ -35,59 +36,43 @@ def _steps_arg(s: str) -> int | str:
     return s
 
 
-def _slug(text: str, n: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "image"
-
-
 # ----------------------------------------------------------------------------------------------
 # generate
 
 
 def cmd_generate(args) -> int:
-    import torch
+    from . import api
 
-    from .loading import load_model
-
-    for p in args.prompt:
-        if not p.strip():
-            raise ValueError("empty prompt: describe the image, e.g. openimagen generate \"a red circle above a blue square\"")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    if args.from_png is not None:
+        request = api.request_from_png(args.from_png)
+        if args.prompt:
+            raise ValueError("--from-png reproduces the stored prompt; give no prompt with it")
+        if args.model is not None:  # the same parameters on another copy of the model
+            request = dataclasses.replace(request, model=args.model, sr=args.sr)
+    else:
+        if not args.prompt:
+            raise ValueError("no prompt: describe the image, e.g. openimagen generate \"a red circle above a blue square\"")
+        for p in args.prompt:
+            if not p.strip():
+                raise ValueError("empty prompt: describe the image, e.g. openimagen generate \"a red circle above a blue square\"")
+        request = api.GenerateRequest(
+            prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images,
+            steps=args.steps, guidance=args.guidance, sampler=args.sampler, noise_level=args.noise_level,
+            height=args.height, width=args.width, model=_model_name(args.model), sr=_model_name(args.sr),
+            precision=args.precision,
+        )
     # With --offload every model waits on the CPU and visits the device only while it runs.
-    model = load_model(args.model, sr=args.sr, device="cpu" if args.offload else args.device, dtype=dtype)
-    out = model.generate(
-        args.prompt,
-        negative_prompt=args.negative_prompt,
-        num_images=args.num_images,
-        steps=args.steps,
-        guidance=args.guidance,
-        sampler=args.sampler,
-        noise_level=args.noise_level,
-        height=args.height,
-        width=args.width,
-        seed=args.seed,
-        device=args.device,
-        offload=args.offload,
-        progress=not args.quiet,
-    )
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for k, images in enumerate(out.images):
-        h, w = images.shape[-2:]
-        res = f"{w}" if h == w else f"{w}x{h}"
-        for i, (img, prompt) in enumerate(zip(_to_pil(images), out.prompts)):
-            path = out_dir / f"{i:02d}-{_slug(prompt)}-stage{k}-{res}px.png"
-            img.save(path)
-            written.append(path)
-    for p in written:
+    result = api.run(request, device=args.device, offload=args.offload, progress=not args.quiet)
+    for p in api.write_pngs(result, args.out):
         print(p)
     return 0
 
 
-def _to_pil(images):
-    from .pipeline import to_pil
-
-    return to_pil(images)
+def _model_name(name: str | None) -> str | None:
+    """A local folder as an absolute path (so --from-png works from any directory); hub ids as typed."""
+    if name is not None and Path(name).exists():
+        return str(Path(name).resolve())
+    return name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,13 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="generate images from a prompt with every stage of a cascade")
-    g.add_argument("prompt", nargs="+", help="one or more prompts")
+    g.add_argument("prompt", nargs="*", help="one or more prompts")
+    g.add_argument("--from-png", default=None, metavar="FILE",
+                   help="run again with the parameters stored in a PNG that openimagen wrote (same image, bit for bit)")
     g.add_argument("--model", default=None, help=f"a model folder, or a DeepFloyd IF hub id / folder (default: {DEFAULT_MODEL_HELP})")
     g.add_argument("--sr", default=None, help="a DeepFloyd IF stage II hub id or folder to run after --model")
     g.add_argument("--steps", type=_steps_arg, default=None,
                    help="sampling steps per stage, or an IF timestep list such as smart50 (default: the model's)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
-    g.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"], default=None, help="sampler (default: the model's)")
+    g.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="sampler (default: the model's)")
     g.add_argument("--negative-prompt", default=None, help="what the image should not show")
     g.add_argument("--height", type=_positive_int("--height"), default=None, help="output height of the last stage")
     g.add_argument("--width", type=_positive_int("--width"), default=None, help="output width of the last stage")
@@ -189,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="folder for images and scores.json")
     v.add_argument("--steps", type=_positive_int("--steps"), default=None)
     v.add_argument("--guidance", type=float, default=None)
-    v.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"], default=None)
+    v.add_argument("--sampler", choices=SAMPLER_NAMES, default=None)
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_evaluate)
     return p
