@@ -83,7 +83,7 @@ def child(side: str, workload: str, folder: str, dtype_name: str, repeats: int, 
     x, text = _inputs(torch, dtype)
     if side == "ours":
         sys.path.insert(0, str(ROOT / "src"))
-        from openimagen.deepfloyd.pipeline import load_stage
+        from openimagen.checkpoints.deepfloyd_if import load_stage
         from openimagen.pipeline import Cascade
         from openimagen.text import PrecomputedEncoder
 

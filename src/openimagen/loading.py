@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from .io.hub import local_path
 from .pipeline import Cascade, ModelFolderError
 
 BUNDLED = Path(__file__).parent / "assets" / "shapes-cascade"
@@ -19,10 +20,11 @@ def bundled_model_path() -> Path:
 
 
 def is_deepfloyd(name_or_path: str) -> bool:
-    p = Path(name_or_path)
-    if p.is_dir():
-        return (p / "model_index.json").is_file() or (p / "unet").is_dir()
-    return not p.exists() and "/" in name_or_path and name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    """A diffusers IF folder, or a hub id (io/hub.py's rule): only IF checkpoints come from the hub."""
+    p = local_path(name_or_path)
+    if p is None:
+        return True
+    return p.is_dir() and ((p / "model_index.json").is_file() or (p / "unet").is_dir())
 
 
 def load_model(model: str | None, *, sr: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None):
@@ -37,7 +39,7 @@ def load_model(model: str | None, *, sr: str | None = None, device: str = "cpu",
     if path.is_dir() and (path / "model" / "cascade.json").is_file():  # a training run folder
         return _our_cascade(path / "model", sr, device, dtype)
     if is_deepfloyd(model):
-        from .deepfloyd.pipeline import load_if_cascade
+        from .checkpoints.deepfloyd_if import load_if_cascade
 
         return load_if_cascade(model, sr=sr, device=device, dtype=dtype)
     if not path.exists():

@@ -17,7 +17,6 @@ and a model's null condition cannot silently drift away from what the encoder pr
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -80,7 +79,7 @@ class _HFEncoder:
     def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         prompts = check_prompts(prompts)
         if self.clean_caption:
-            from .deepfloyd.captions import clean_caption
+            from .captions import clean_caption
 
             prompts = [clean_caption(p) for p in prompts]
         if self.lowercase:
@@ -142,7 +141,7 @@ class T5Encoder(_HFEncoder):
 
     `if_style=True` is DeepFloyd IF's convention: 77 tokens padded to max length, lower-cased.
     For an IF checkpoint folder, the encoder and tokenizer live in `text_encoder/` and `tokenizer/`.
-    `clean_caption=True` scrubs markup and URLs first (deepfloyd/captions.py). `variant="fp16"` reads
+    `clean_caption=True` scrubs markup and URLs first (captions.py). `variant="fp16"` reads
     `model.fp16*.safetensors` (IF repos ship T5 weights under that name).
     """
 
@@ -158,6 +157,8 @@ class T5Encoder(_HFEncoder):
     ):
         from transformers import AutoTokenizer, T5EncoderModel
 
+        from .io.hub import from_hub_or_dir
+
         self.name_or_path = str(name_or_path)
         self.max_length = max_length
         self.pad_to_max_length = self.lowercase = if_style
@@ -168,36 +169,17 @@ class T5Encoder(_HFEncoder):
         enc_dir, tok_dir = root, root
         if (root / "text_encoder").is_dir():
             enc_dir, tok_dir = root / "text_encoder", root / "tokenizer"
-        tokenizer = load_from_hub_or_dir(AutoTokenizer.from_pretrained, str(tok_dir), "T5 tokenizer")
+        tokenizer = from_hub_or_dir(AutoTokenizer.from_pretrained, str(tok_dir), "T5 tokenizer")
         kwargs = {"dtype": dtype} if dtype is not None else {}
         if variant is not None:
             kwargs["variant"] = variant
-        model = load_from_hub_or_dir(T5EncoderModel.from_pretrained, str(enc_dir), "T5 encoder", **kwargs)
+        model = from_hub_or_dir(T5EncoderModel.from_pretrained, str(enc_dir), "T5 encoder", **kwargs)
         self.dim = model.config.d_model
         super().__init__(tokenizer, model, device)
 
     def spec(self) -> dict:
         return {"kind": "t5", "name_or_path": self.name_or_path, "max_length": self.max_length, "if_style": self.if_style,
                 "clean_caption": self.clean_caption, "variant": self.variant}
-
-
-def load_from_hub_or_dir(loader, name_or_path: str, what: str, **kwargs):
-    """Call a `from_pretrained` loader, turning offline / missing-file failures into one clear message."""
-    local = Path(name_or_path)
-    if local.exists() or name_or_path.startswith((".", "/", "~")):
-        if not local.exists():
-            raise FileNotFoundError(f"{what}: no such folder {name_or_path}")
-        return loader(str(local), **kwargs)
-    try:
-        return loader(name_or_path, **kwargs)
-    except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise OSError(
-            f"could not load the {what} {name_or_path!r} from the Hugging Face hub"
-            f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: {e}\n"
-            f"Fix: connect to the internet once so it is cached, or download it elsewhere "
-            f"(`huggingface-cli download {name_or_path}`) and pass the local folder instead."
-        ) from None
 
 
 class PrecomputedEncoder:

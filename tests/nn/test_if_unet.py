@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from openimagen.nn.if_unet import IFCheckpointError, IFConfigError, IFUNet, IFUNetConfig, if_stage
+from openimagen.checkpoints.deepfloyd_if import IFCheckpointError, load_if_unet
+from openimagen.nn.if_unet import IFConfigError, IFUNet, IFUNetConfig, if_stage
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -92,7 +93,7 @@ def test_matches_diffusers(name, tmp_path):
     kw = TINY[name]
     ref = diffusers_unet(kw)
     ref.save_pretrained(tmp_path / "unet")
-    ours = IFUNet.from_pretrained(tmp_path)  # a pipeline-style folder holding unet/
+    ours = load_if_unet(tmp_path)  # a pipeline-style folder holding unet/
     assert ours.state_dict().keys() == ref.state_dict().keys()
     for k, v in ref.state_dict().items():
         assert torch.equal(ours.state_dict()[k], v), k
@@ -116,7 +117,7 @@ def test_sizes_of_tiny_dummies_match_reference():
 def test_scalar_times_and_the_unet_dir_itself(tmp_path):
     ref = diffusers_unet(DUMMY_SR)
     ref.save_pretrained(tmp_path)
-    ours = IFUNet.from_pretrained(tmp_path)  # pointing at the unet/ folder directly
+    ours = load_if_unet(tmp_path)  # pointing at the unet/ folder directly
     x, _, text, _ = inputs(DUMMY_SR)
     with torch.no_grad():
         want = ref(x, torch.tensor([250, 250]), text, class_labels=torch.tensor([100, 100])).sample
@@ -131,7 +132,7 @@ def test_engine_signature_concatenates_lowres_and_ignores_the_mask(tmp_path):
     # cat([x, lowres]) with class_labels=lowres_t; the text mask is ignored (IF attends to all tokens).
     ref = diffusers_unet(DUMMY_SR)
     ref.save_pretrained(tmp_path)
-    ours = IFUNet.from_pretrained(tmp_path)
+    ours = load_if_unet(tmp_path)
     x, t, text, level = inputs(DUMMY_SR)
     mask = torch.zeros(text.shape[:2], dtype=torch.bool)
     with torch.no_grad():
@@ -147,9 +148,9 @@ def test_fp16_variant_and_sharded_checkpoints(tmp_path):
     ref.save_pretrained(tmp_path / "half", variant="fp16")
     ref.save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
     assert (tmp_path / "sharded" / "diffusion_pytorch_model.safetensors.index.json").is_file()
-    half = IFUNet.from_pretrained(tmp_path / "half", dtype=torch.float16)
+    half = load_if_unet(tmp_path / "half", dtype=torch.float16)
     assert all(p.dtype == torch.float16 for p in half.parameters())
-    sharded = IFUNet.from_pretrained(tmp_path / "sharded")
+    sharded = load_if_unet(tmp_path / "sharded")
     for k, v in ref.state_dict().items():
         assert torch.equal(sharded.state_dict()[k], v), k
         assert torch.equal(half.state_dict()[k], v.half()), k
@@ -258,28 +259,28 @@ def test_folder_without_config(tmp_path):
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     with pytest.raises(IFCheckpointError, match="unet/config.json"):
-        IFUNet.from_pretrained(tmp_path)
+        load_if_unet(tmp_path)
     with pytest.raises(IFCheckpointError, match="does not exist"):
-        IFUNet.from_pretrained(tmp_path / "nowhere")
+        load_if_unet(tmp_path / "nowhere")
 
 
 def test_folder_without_weights(tmp_path):
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text(json.dumps(DUMMY_I))
     with pytest.raises(IFCheckpointError, match="no diffusion_pytorch_model.*safetensors"):
-        IFUNet.from_pretrained(tmp_path)
+        load_if_unet(tmp_path)
 
 
 def test_bin_fallback_is_read_weights_only(tmp_path):
     ref = diffusers_unet(DUMMY_I)
     ref.save_pretrained(tmp_path, safe_serialization=False)
     assert (tmp_path / "diffusion_pytorch_model.bin").is_file()
-    ours = IFUNet.from_pretrained(tmp_path)
+    ours = load_if_unet(tmp_path)
     for k, v in ref.state_dict().items():
         assert torch.equal(ours.state_dict()[k], v), k
     (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"not a zip file")
     with pytest.raises(IFCheckpointError, match="not a readable tensor file"):
-        IFUNet.from_pretrained(tmp_path)
+        load_if_unet(tmp_path)
 
 
 def test_folder_with_an_unsupported_config(tmp_path):
@@ -288,7 +289,7 @@ def test_folder_with_an_unsupported_config(tmp_path):
     (d / "config.json").write_text(json.dumps(dict(DUMMY_I, down_block_types=["CrossAttnDownBlock2D"] * 2)))
     (d / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     with pytest.raises(IFConfigError, match="CrossAttnDownBlock2D"):
-        IFUNet.from_pretrained(tmp_path)
+        load_if_unet(tmp_path)
 
 
 def test_corrupt_and_mismatched_weights(tmp_path):
@@ -300,10 +301,10 @@ def test_corrupt_and_mismatched_weights(tmp_path):
     good = f.read_bytes()
     f.write_bytes(b"\xff" * 64 + good[64:])
     with pytest.raises(IFCheckpointError, match="not a readable safetensors file"):
-        IFUNet.from_pretrained(tmp_path)
+        load_if_unet(tmp_path)
     f.write_bytes(good[: len(good) // 2])  # truncated download
     with pytest.raises(IFCheckpointError, match="not a readable safetensors file"):
-        IFUNet.from_pretrained(tmp_path)
+        load_if_unet(tmp_path)
     f.write_bytes(good)
     sd = load_file(f)
     sd.pop("conv_in.bias")
@@ -312,7 +313,7 @@ def test_corrupt_and_mismatched_weights(tmp_path):
     save_file(sd, f)
     with pytest.raises(IFCheckpointError, match=r"missing 1 \[conv_in.bias\].*unexpected 1 \[extra.weight\]"
                                                  r".*wrong shape 1 \[conv_out.weight"):
-        IFUNet.from_pretrained(tmp_path)
+        load_if_unet(tmp_path)
 
 
 def test_bad_forward_inputs():

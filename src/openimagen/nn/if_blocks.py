@@ -2,7 +2,7 @@
 
 Every attribute name below is a key fragment of a diffusers `UNet2DConditionModel` checkpoint
 (`norm1`, `conv1`, `time_emb_proj`, `to_q`, `add_k_proj`, `to_out.0`, ...); see
-shared/reference/deepfloyd_if.md §2 for the math these modules reproduce.
+docs/reference/deepfloyd_if.md §2 for the math these modules reproduce.
 
 The architecture is the guided-diffusion U-Net (Dhariwal & Nichol 2021, "Diffusion Models Beat
 GANs", §3) with scale-shift (FiLM) time conditioning, resnet up/down-sampling, and IF's

@@ -1,21 +1,20 @@
-"""The DeepFloyd IF U-Net (stage I and stage II), loading diffusers `unet/` checkpoints by name.
+"""The DeepFloyd IF U-Net (stage I and stage II), with module names that load diffusers `unet/` weights.
 
-    cfg = IFUNetConfig.from_diffusers_config(json.load(open("IF-I-XL-v1.0/unet/config.json")))
-    unet = IFUNet.from_pretrained("IF-I-XL-v1.0", dtype=torch.float16, device="cuda")
+    cfg = IFUNetConfig.from_diffusers_config(config)   # the dict of a diffusers unet/config.json
+    unet = IFUNet(cfg)                  # with weights: checkpoints.deepfloyd_if.load_if_unet("IF-I-XL-v1.0")
     out = unet(x_t, t, t5_embeds)                      # (B, 6, H, W): eps in [:3], variance value v in [3:]
     out = sr_unet(cat([x_t, up]), t, t5, class_labels=noise_level)      # stage II
 
 Module names reproduce diffusers' `UNet2DConditionModel` state-dict keys exactly, so checkpoints load
-strictly with no key map (shared/reference/deepfloyd_if.md §2). Only the block types IF uses are
+strictly with no key map (docs/reference/deepfloyd_if.md §2). Only the block types IF uses are
 implemented; the config parser rejects anything else instead of building something subtly different.
-The U-Net returns raw output; eps/variance handling lives in diffusion/.
+The U-Net returns raw output; eps/variance handling lives in diffusion/. No file IO here: io/diffusers.py
+reads the folder.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +49,6 @@ _REQUIRED_VALUES = {
 
 class IFConfigError(ValueError):
     """A U-Net config that is not a DeepFloyd-IF-style diffusers `UNet2DConditionModel`."""
-
-
-class IFCheckpointError(ValueError):
-    """A checkpoint folder or weight file that does not hold an IF U-Net matching its config."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -342,30 +337,6 @@ class IFUNet(nn.Module):
             return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
-    # -- loading ------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
-                        device: torch.device | str | None = None) -> "IFUNet":
-        """Load a diffusers-format IF U-Net: a pipeline folder holding `unet/`, or the `unet/` folder itself.
-
-        Weights: `diffusion_pytorch_model[.fp16].safetensors` or its sharded `.index.json`, else a
-        `.bin` read with `weights_only=True`. Built on the meta device, then filled strictly (every key,
-        every shape). `dtype` defaults to float32; `device` to CPU.
-        """
-        unet_dir = _find_unet_dir(Path(path))
-        try:
-            raw = json.loads((unet_dir / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise IFCheckpointError(f"{unet_dir / 'config.json'} is not valid JSON ({e})") from None
-        cfg = IFUNetConfig.from_diffusers_config(raw)
-        with torch.device("meta"):
-            model = cls(cfg)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        dtype = dtype or torch.float32
-        state = _read_state_dict(unet_dir, expected, dtype=dtype, device=torch.device(device or "cpu"))
-        model.load_state_dict(state, strict=True, assign=True)
-        return model.eval()
-
 
 def _up_from_tensors(block: nn.Module, emb: Tensor, ctx: Tensor, size, h: Tensor, *skips: Tensor) -> Tensor:
     return block(h, list(skips), emb, ctx, size)  # a fresh list per call: recomputation pops it again
@@ -379,66 +350,3 @@ def _per_sample(t: Tensor | float, B: int, device: torch.device) -> Tensor:
     if t.shape != (B,):
         raise ValueError(f"expected a scalar or a ({B},) tensor of times, got shape {tuple(t.shape)}")
     return t
-
-
-# ----------------------------------------------------------------------------- checkpoint files
-
-_LAYOUT = "unet/config.json + unet/diffusion_pytorch_model[.fp16].safetensors (or the unet/ folder itself)"
-_WEIGHTS = "diffusion_pytorch_model"
-
-
-def _find_unet_dir(path: Path) -> Path:
-    for d in (path, path / "unet"):
-        if (d / "config.json").is_file():
-            return d
-    what = "does not exist" if not path.exists() else "has neither config.json nor unet/config.json"
-    raise IFCheckpointError(f"{path} {what}; expected a diffusers IF folder: {_LAYOUT}")
-
-
-def _weight_files(d: Path, prefer_half: bool) -> list[Path]:
-    """The weight files to read: safetensors before .bin; full precision first unless the target is half."""
-    for ext in (".safetensors", ".bin"):
-        for variant in ([".fp16", ""] if prefer_half else ["", ".fp16"]):
-            index = d / f"{_WEIGHTS}{variant}{ext}.index.json"
-            if index.is_file():
-                try:
-                    return [d / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-                except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
-                    raise IFCheckpointError(f"{index} is not a valid shard index ({e!r})") from None
-            if (d / f"{_WEIGHTS}{variant}{ext}").is_file():
-                return [d / f"{_WEIGHTS}{variant}{ext}"]
-    raise IFCheckpointError(f"no {_WEIGHTS}*.safetensors in {d}; expected {_LAYOUT}")
-
-
-def _read_state_dict(d: Path, expected: dict[str, tuple], *, dtype: torch.dtype, device: torch.device) -> dict:
-    """Read every tensor (one at a time, cast as it arrives) and check keys and shapes against `expected`."""
-    from safetensors import SafetensorError, safe_open  # noqa: PLC0415 (lazy: nothing heavy at import)
-
-    state = {}
-    for f in _weight_files(d, prefer_half=dtype in (torch.float16, torch.bfloat16)):
-        if not f.is_file():
-            raise IFCheckpointError(f"shard {f.name} named by the index is missing from {d}")
-        if f.suffix == ".bin":  # legacy pickle container: tensors only (weights_only), never code
-            try:
-                loaded = torch.load(f, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 (pickle and zip errors come in many types)
-                raise IFCheckpointError(f"{f} is not a readable tensor file ({e}); re-download it") from None
-            state.update((k, v.to(device=device, dtype=dtype)) for k, v in loaded.items())
-            continue
-        try:
-            with safe_open(str(f), framework="pt", device="cpu") as sf:
-                for k in sf.keys():
-                    state[k] = sf.get_tensor(k).to(device=device, dtype=dtype)
-        except SafetensorError as e:
-            raise IFCheckpointError(f"{f} is not a readable safetensors file ({e}); re-download it") from None
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k}: file {tuple(state[k].shape)} vs config {expected[k]}"
-                   for k in set(state) & set(expected) if tuple(state[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-        def show(xs):
-            return ", ".join(xs[:8]) + (f", ... ({len(xs)} in all)" if len(xs) > 8 else "")
-        raise IFCheckpointError(
-            f"weights in {d} do not match its config.json: missing {len(missing)} [{show(missing)}]; "
-            f"unexpected {len(unexpected)} [{show(unexpected)}]; wrong shape {len(wrong)} [{show(wrong)}]")
-    return state

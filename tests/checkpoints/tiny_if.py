@@ -1,6 +1,6 @@
 """Tiny DeepFloyd IF checkpoints written by diffusers itself (the oracle), with no download.
 
-The components are the shapes of diffusers' own IF pipeline tests (shared/reference/deepfloyd_if.md §1.5),
+The components are the shapes of diffusers' own IF pipeline tests (docs/reference/deepfloyd_if.md §1.5),
 except the text side: a random 2-layer T5 encoder (d_model 32) and a word-level unigram tokenizer built
 here from a hand-written vocabulary, so nothing is fetched from the hub.
 """

@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 
-from openimagen.deepfloyd.pipeline import IFCheckpointError, load_if_cascade
+from openimagen.checkpoints.deepfloyd_if import IFCheckpointError, load_if_cascade
 from openimagen.nn.if_unet import IFConfigError
 
 diffusers = pytest.importorskip("diffusers")
@@ -287,7 +287,7 @@ def test_offload_moves_each_model_only_while_it_runs():
 
 
 def test_caption_cleaning():
-    from openimagen.deepfloyd.captions import clean_caption
+    from openimagen.captions import clean_caption
 
     assert clean_caption("Check <b>THIS</b> out!!! https://example.com/x?y=1 @bob") == "check this out!"
     assert clean_caption("  a  red   cube  ") == "a red cube"

@@ -3,7 +3,8 @@
     cascade = load_if_cascade("DeepFloyd/IF-I-XL-v1.0", sr="DeepFloyd/IF-II-L-v1.0", dtype=torch.float16)
     out = cascade.generate("a corgi in a spacesuit", device="cuda", offload=True)   # out.images: [64px, 256px]
 
-Nothing here samples: an IF checkpoint is translated into our own pieces, and the engine runs it.
+Nothing here samples or reads files itself: io/ reads the folder (io/diffusers.py) or fetches it (io/hub.py),
+this module translates it into our own pieces, and the engine runs them.
 - U-Net: `nn/if_unet.IFUNet`, filled strictly from `unet/diffusion_pytorch_model*.safetensors`.
 - Scheduler (`scheduler/scheduler_config.json`, a DDPMScheduler): the discrete `squaredcos_cap_v2` table
   is our "ddpm_cosine" schedule with "leading" spacing; `variance_type="learned_range"` is
@@ -13,23 +14,28 @@ Nothing here samples: an IF checkpoint is translated into our own pieces, and th
   `image_noising_scheduler` (the same cosine table) at noise level 250, and the level is the U-Net's class label.
 - Text: T5 from stage I's `text_encoder/` + `tokenizer/`, 77 tokens padded to max length, lower-cased;
   stage II reuses it (IF-II repos ship no usable text encoder).
-Defaults are those of diffusers' IF pipelines (shared/reference/deepfloyd_if.md §3.4): 100 steps and
+Defaults are those of diffusers' IF pipelines (docs/reference/deepfloyd_if.md §3.4): 100 steps and
 guidance 7.0 for stage I, 50 and 4.0 for stage II. Named lists ("smart50") go through `generate(steps=...)`.
 """
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import torch
 
 from ..config import to_dict
-from ..diffusion import Parameterization, ScheduleConfig
-from ..nn.if_unet import IFCheckpointError, IFUNet, IFUNetConfig, if_stage
+from ..io import hub
+from ..io.diffusers import HALF, load_component, read_json, read_noise_schedule, read_sampling_scheduler
+from ..io.errors import CheckpointError
+from ..nn.if_unet import IFConfigError, IFUNet, IFUNetConfig, if_stage
 from ..pipeline import Cascade
 from ..stage import Stage, StageConfig
 from ..text import T5Encoder
+
+IFCheckpointError = CheckpointError  # the name IF callers catch; every foreign-checkpoint error is this one
+
+__all__ = ["load_if_cascade", "load_stage", "load_if_unet", "resolve_checkpoint", "IFCheckpointError",
+           "IFConfigError", "LAYOUT"]
 
 LAYOUT = (
     "a DeepFloyd IF checkpoint in the diffusers format is a folder holding model_index.json, "
@@ -39,7 +45,6 @@ LAYOUT = (
 )
 PIPELINES = {"IFPipeline": 1, "IFSuperResolutionPipeline": 2}
 DEFAULTS = {1: dict(steps=100, guidance=7.0), 2: dict(steps=50, guidance=4.0, lowres_aug=250.0)}
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _STAGE_NAME = {1: "stage I (base, 64 px)", 2: "stage II (super-resolution)"}
 
 
@@ -52,7 +57,7 @@ def load_if_cascade(model: str, sr: str | None = None, *, device: str | torch.de
     the CPU and run each on the accelerator only while it samples, load with device="cpu" and call
     `generate(..., device="cuda", offload=True)`.
     """
-    half = dtype in (torch.float16, torch.bfloat16)
+    half = dtype in HALF
     first = resolve_checkpoint(model, text=True, half=half)
     stages = [load_stage(first, stage=1, role="model", device=device, dtype=dtype)]
     if sr is not None:
@@ -67,12 +72,6 @@ def load_if_cascade(model: str, sr: str | None = None, *, device: str | torch.de
     return Cascade(text, stages)
 
 
-class IFCascade:
-    """Namespace kept for callers that spell it `IFCascade.from_pretrained(model, sr=...)`."""
-
-    from_pretrained = staticmethod(load_if_cascade)
-
-
 # ----------------------------------------------------------------------------- one stage
 
 
@@ -80,7 +79,7 @@ def load_stage(folder: Path, *, stage: int, role: str = "model", device="cpu", d
     """One IF U-Net with its sampling settings, checking it is the stage the caller asked for."""
     folder = Path(folder)
     _check_layout(folder, stage)
-    unet_cfg = IFUNetConfig.from_diffusers_config(_read_json(folder / "unet" / "config.json"))
+    unet_cfg = IFUNetConfig.from_diffusers_config(read_json(folder / "unet" / "config.json"))
     found = if_stage(unet_cfg)
     if found != stage:
         flag = "--model (model=)" if found == 1 else "--sr (sr=)"
@@ -90,55 +89,44 @@ def load_stage(folder: Path, *, stage: int, role: str = "model", device="cpu", d
             f"pass it as {flag} (stage I: IF-I-XL/L/M, stage II: IF-II-L/M)")
     index = folder / "model_index.json"
     if index.is_file():
-        name = _read_json(index).get("_class_name")
+        name = read_json(index).get("_class_name")
         if name in PIPELINES and PIPELINES[name] != stage:
             raise IFCheckpointError(f"{index} says {name} but unet/config.json is a {_STAGE_NAME[stage]} U-Net; "
                                     "the folder mixes two checkpoints")
-    sched = _scheduler(folder / "scheduler" / "scheduler_config.json", out_channels=unet_cfg.out_channels)
+    # 6 output channels: eps and the variance interpolation of 3 image channels ("learned_range")
+    sched = read_sampling_scheduler(_scheduler_config(folder, "scheduler"),
+                                    learned_variance=unet_cfg.out_channels == 6)
     extra = {}
     if stage == 2:
-        noising = _scheduler(folder / "image_noising_scheduler" / "scheduler_config.json", out_channels=None)
-        extra = dict(lowres=True, lowres_schedule=noising["schedule"], lowres_resize="bilinear",
-                     lowres_align_corners=True)
+        noising = read_noise_schedule(_scheduler_config(folder, "image_noising_scheduler"))
+        extra = dict(lowres=True, lowres_schedule=noising, lowres_resize="bilinear", lowres_align_corners=True)
     size = unet_cfg.sample_size or (64 if stage == 1 else 256)
     config = StageConfig(
         resolution=int(size if isinstance(size, int) else size[0]),
         unet=to_dict(unet_cfg), unet_kind="if", sampler="ddpm", **sched, **DEFAULTS[stage], **extra)
-    unet = IFUNet.from_pretrained(folder, dtype=dtype, device=device)
+    unet = load_if_unet(folder, dtype=dtype, device=device)
     return Stage(config, unet).eval()
 
 
-def _scheduler(path: Path, out_channels: int | None) -> dict:
-    """StageConfig fields from a diffusers DDPMScheduler config; anything we would run differently is refused."""
+def load_if_unet(path: str | Path, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> IFUNet:
+    """An IF U-Net from a diffusers folder: a pipeline folder holding `unet/`, or the `unet/` folder itself.
+
+    Weights: `diffusion_pytorch_model[.fp16].safetensors` (fp16 first when `dtype` is half), sharded or
+    not, else a `.bin` read with `weights_only=True`; every key and shape is checked. `dtype` defaults to
+    float32, `device` to the CPU.
+    """
+    dtype = dtype or torch.float32
+    unet = load_component(Path(path), "unet", lambda d: IFUNet(IFUNetConfig.from_diffusers_config(d)),
+                          dtype=dtype, device=device or "cpu", variant="fp16" if dtype in HALF else None)
+    return unet.eval()
+
+
+def _scheduler_config(folder: Path, name: str) -> Path:
+    path = folder / name / "scheduler_config.json"
     if not path.is_file():
         raise IFCheckpointError(f"{path} is missing; {LAYOUT}")
-    d = _read_json(path)
-    beta = d.get("beta_schedule", "linear")
-    if beta != "squaredcos_cap_v2":
-        raise IFCheckpointError(f"{path}: beta_schedule={beta!r} is not supported; IF models use "
-                                "'squaredcos_cap_v2' (our 'ddpm_cosine' schedule)")
-    spacing = d.get("timestep_spacing", "leading")
-    if spacing != "leading":
-        raise IFCheckpointError(f"{path}: timestep_spacing={spacing!r} is not supported; IF uses 'leading' "
-                                "(pass steps='smart50' or an explicit list to generate() for other spacings)")
-    out = {"schedule": ScheduleConfig(kind="ddpm_cosine", num_train_timesteps=int(d.get("num_train_timesteps", 1000)))}
-    if out_channels is None:  # image_noising_scheduler: only its noise table is used
-        return out
-    pred = d.get("prediction_type", "epsilon")
-    if pred != "epsilon":
-        raise IFCheckpointError(f"{path}: prediction_type={pred!r} is not supported; IF predicts 'epsilon'")
-    var = d.get("variance_type", "fixed_small")
-    learned = out_channels == 6
-    if learned and var != "learned_range":
-        raise IFCheckpointError(f"{path}: variance_type={var!r} with a 6-channel U-Net is not supported; "
-                                "IF checkpoints use 'learned_range'")
-    out["parameterization"] = Parameterization(kind="eps", learned_variance=learned)
-    if d.get("thresholding", False):
-        out.update(threshold="dynamic", threshold_percentile=float(d.get("dynamic_thresholding_ratio", 0.995)),
-                   threshold_max=float(d.get("sample_max_value", 1.0)))
-    else:
-        out["threshold"] = "static" if d.get("clip_sample", True) else "none"
-    return out
+    return path
 
 
 def _check_layout(folder: Path, stage: int) -> None:
@@ -148,16 +136,6 @@ def _check_layout(folder: Path, stage: int) -> None:
         has = sorted(p.name for p in folder.iterdir())[:8]
         raise IFCheckpointError(f"{folder} is not a DeepFloyd IF checkpoint: no unet/config.json (it holds {has}); "
                                 f"{LAYOUT}")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise IFCheckpointError(f"{path} is not valid JSON ({e}); re-download it") from None
-    if not isinstance(d, dict):
-        raise IFCheckpointError(f"{path} does not hold a JSON object")
-    return d
 
 
 # ----------------------------------------------------------------------------- text encoder
@@ -180,12 +158,9 @@ def _load_t5(folder: Path, *, device, dtype, half: bool, clean_caption: bool) ->
 
 def resolve_checkpoint(name_or_path: str, *, text: bool, half: bool) -> Path:
     """A local folder as is; a hub id ("DeepFloyd/IF-I-XL-v1.0") through the huggingface_hub cache."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return path
-    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name_or_path):
-        raise FileNotFoundError(f"{name_or_path}: no such folder, and not a hub id like DeepFloyd/IF-I-XL-v1.0; "
-                                f"{LAYOUT}")
+    where = hub.resolve(name_or_path, "IF checkpoint", LAYOUT)
+    if isinstance(where, Path):
+        return where
     common = ["model_index.json", "unet/config.json", "scheduler/*.json", "image_noising_scheduler/*.json"]
     if text:
         common += ["text_encoder/config.json", "tokenizer/*"]
@@ -194,23 +169,9 @@ def resolve_checkpoint(name_or_path: str, *, text: bool, half: bool) -> Path:
     t5_w = ["text_encoder/model.safetensors*", "text_encoder/model-*.safetensors"] if text else []
     t5_w16 = ["text_encoder/model.fp16*.safetensors*"] if text else []
     first, second = (unet_w16 + t5_w16, unet_w + t5_w) if half else (unet_w + t5_w, unet_w16 + t5_w16)
-    folder = _download(name_or_path, common + first)
+    folder = hub.snapshot(where, common + first, "IF checkpoint", LAYOUT)
     if not any((folder / "unet").glob("diffusion_pytorch_model*.safetensors*")) or \
             (text and not any((folder / "text_encoder").glob("model*.safetensors*"))):
-        folder = _download(name_or_path, common + second)  # the repo has only the other precision
+        # the repo has only the other precision
+        folder = hub.snapshot(where, common + second, "IF checkpoint", LAYOUT)
     return folder
-
-
-def _download(repo_id: str, patterns: list[str]) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # noqa: BLE001 (offline, gated, not found and HTTP errors share no base class)
-        gated = "gated" in type(e).__name__.lower() or "403" in str(e)
-        hint = (" The DeepFloyd repos are gated: accept the license on the IF-I-XL-v1.0 model card and run "
-                "`hf auth login`." if gated else "")
-        raise IFCheckpointError(
-            f"could not get {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]}).{hint} "
-            f"Offline? Download it where there is a connection (`hf download {repo_id}`) and pass the local "
-            f"folder instead; {LAYOUT}") from None

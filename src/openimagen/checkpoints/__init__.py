@@ -1,0 +1,1 @@
+"""Foreign checkpoints translated into our own pieces (Stage, Cascade, text encoders); reading is in io/."""

@@ -1,1 +1,0 @@
-"""DeepFloyd IF checkpoints (diffusers format) on the openimagen engine."""
