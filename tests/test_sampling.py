@@ -171,10 +171,10 @@ def test_training_and_sampling_build_identical_unet_inputs_for_if_stage_ii(tmp_p
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent / "deepfloyd"))
+    sys.path.insert(0, str(Path(__file__).parent / "checkpoints"))
     from tiny_if import write_checkpoints
 
-    from openimagen.deepfloyd.pipeline import load_if_cascade
+    from openimagen.checkpoints.deepfloyd_if import load_if_cascade
 
     _, _, d1, d2 = write_checkpoints(tmp_path)
     stage = load_if_cascade(str(d1), sr=str(d2)).stages[1]

@@ -101,7 +101,7 @@ def test_whole_cascade_with_explicit_timesteps_matches_chained_pipelines(tiny):
 def test_named_timestep_lists_are_diffusers_lists(tiny):
     import diffusers.pipelines.deepfloyd_if.timesteps as theirs
 
-    from openimagen.pipeline import _timesteps
+    from openimagen.options import timesteps as _timesteps
 
     for name in ("fast27", "smart27", "smart50", "smart100", "smart185", "super27", "super40", "super100"):
         for stage in tiny["ours"].stages:
