@@ -29,7 +29,8 @@ from .diffusion import (
     respaced_timesteps,
     static_threshold,
 )
-from .stage import Stage, StageConfig, _randn, unet_classes
+from .diffusion.noise import randn
+from .stage import Stage, StageConfig, unet_classes
 from .text import TextEncoder, check_prompts, text_encoder_from_spec
 
 FORMAT = "openimagen-cascade"
@@ -184,7 +185,7 @@ class Cascade(torch.nn.Module):
             h, w = sizes[i]
             with _placed(stage, device, offload):
                 # RNG order as diffusers' IF pipelines: x_T, then (SR) the augmentation noise, then per-step noise.
-                x = _randn((B, 3, h, w), generator, device)
+                x = randn((B, 3, h, w), generator, device)
                 cond = {"text_embeds": cond_e.to(device), "text_mask": cond_m.to(device)}
                 uncond = {"text_embeds": unc_e.to(device), "text_mask": unc_m.to(device)}
                 if cfg.lowres:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .config import ConfigError, from_dict
 from .diffusion import SAMPLERS, Denoised, Parameterization, ScheduleConfig, make_schedule
+from .diffusion.noise import randn
 
 # ----------------------------------------------------------------------------------------------
 # Stage: one U-Net with its noise schedule, parameterisation and sampling defaults
@@ -102,11 +103,5 @@ class Stage(torch.nn.Module):
         up = F.interpolate(lowres.float(), size=size, mode=cfg.lowres_resize, align_corners=align)
         t = torch.full((up.shape[0],), float(aug_t), device=up.device)
         alpha, sigma = self.lowres_schedule.alpha_sigma(t)
-        noise = _randn(up.shape, generator, up.device)
+        noise = randn(up.shape, generator, up.device)
         return alpha.view(-1, 1, 1, 1) * up + sigma.view(-1, 1, 1, 1) * noise, t
-
-
-def _randn(shape, generator: torch.Generator | None, device) -> Tensor:
-    # Drawn on the generator's device, then moved: the same numbers on CPU and GPU for one seed.
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)

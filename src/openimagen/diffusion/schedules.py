@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .noise import rand, randint
+
 KINDS = ("cosine", "linear", "ddpm_cosine")
 
 
@@ -73,11 +75,6 @@ class Schedule(Protocol):
     def model_time(self, t: Tensor) -> Tensor: ...
 
 
-def _rand_device(generator, device):
-    # Draw where the generator lives (as diffusers' randn_tensor does), then move: seeded runs match across devices.
-    return generator.device if generator is not None else (device or "cpu")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Continuous schedules: everything follows from logsnr(t)
 # ----------------------------------------------------------------------------------------------------------
@@ -112,8 +109,7 @@ class _ContinuousSchedule:
         return torch.linspace(1.0, 0.0, int(n) + 1, dtype=torch.float64)[:-1].float()
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        t = torch.rand(batch, generator=generator, device=_rand_device(generator, device), dtype=torch.float32)
-        return t.to(device) if device is not None else t
+        return rand(batch, generator, device)
 
     def model_time(self, t: Tensor) -> Tensor:
         return t * 1000.0  # the same sinusoidal embedding range as discrete 0..999
@@ -201,9 +197,7 @@ class DDPMCosineSchedule:
         return torch.tensor(np.asarray(ts, dtype=np.float64).tolist(), dtype=torch.float32)
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        t = torch.randint(0, self.T, (batch,), generator=generator, device=_rand_device(generator, device))
-        t = t.float()
-        return t.to(device) if device is not None else t
+        return randint(self.T, (batch,), generator, device).float()
 
     def model_time(self, t: Tensor) -> Tensor:
         return t

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..config import save_json, to_dict
 from ..diffusion import diffusion_loss
+from ..diffusion.noise import rand, randn
 from ..pipeline import Cascade
 from ..stage import Stage
 from . import checkpoint as ckpt
@@ -70,12 +71,6 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 
-def _rand(shape, g: torch.Generator, device, normal: bool = False) -> Tensor:
-    # Drawn on the CPU generator, then moved: the same numbers on every device.
-    fn = torch.randn if normal else torch.rand
-    return fn(shape, generator=g, dtype=torch.float32).to(device)
-
-
 # ----------------------------------------------------------------------------------------------
 # one optimisation step's loss for one stage
 
@@ -93,11 +88,11 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
         x0, low = _crop_pair(x0, low, st.crop, g)
 
     t = stage.schedule.sample_t(B, generator=g).to(device)  # (B,) schedule units
-    eps = _rand(x0.shape, g, device, normal=True)
+    eps = randn(x0.shape, g, device)
     alpha, sigma = stage.schedule.alpha_sigma(t)
     x_t = alpha.view(-1, 1, 1, 1) * x0 + sigma.view(-1, 1, 1, 1) * eps
 
-    drop = _rand((B,), g, "cpu") < cfg.caption_dropout
+    drop = rand((B,), g, "cpu") < cfg.caption_dropout
     embeds, mask = lookup(["" if d else c for c, d in zip(captions, drop.tolist())])
     embeds, mask = embeds.to(device), mask.to(device)  # (B, L, D), (B, L)
 
@@ -115,11 +110,11 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
         if st.lowres_aug_max is None:
             aug_t = sched.sample_t(B, generator=g).to(device)
         else:
-            u = _rand((B,), g, device)
+            u = rand((B,), g, device)
             aug_t = (u * (st.lowres_aug_max + 1)).floor().clamp(max=st.lowres_aug_max) if sched.config.discrete \
                 else u * st.lowres_aug_max
         a, s = sched.alpha_sigma(aug_t)
-        lowres = a.view(-1, 1, 1, 1) * up + s.view(-1, 1, 1, 1) * _rand(up.shape, g, device, normal=True)
+        lowres = a.view(-1, 1, 1, 1) * up + s.view(-1, 1, 1, 1) * randn(up.shape, g, device)
         lowres_t = sched.model_time(aug_t)
 
     if grid and st.layout_loss:
