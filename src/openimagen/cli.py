@@ -46,6 +46,7 @@ def _slug(text: str, n: int = 40) -> str:
 def cmd_generate(args) -> int:
     import torch
 
+    from .data.transforms import to_pil
     from .loading import load_model
 
     for p in args.prompt:
@@ -75,19 +76,13 @@ def cmd_generate(args) -> int:
     for k, images in enumerate(out.images):
         h, w = images.shape[-2:]
         res = f"{w}" if h == w else f"{w}x{h}"
-        for i, (img, prompt) in enumerate(zip(_to_pil(images), out.prompts)):
+        for i, (img, prompt) in enumerate(zip(to_pil(images), out.prompts)):
             path = out_dir / f"{i:02d}-{_slug(prompt)}-stage{k}-{res}px.png"
             img.save(path)
             written.append(path)
     for p in written:
         print(p)
     return 0
-
-
-def _to_pil(images):
-    from .pipeline import to_pil
-
-    return to_pil(images)
 
 
 # ----------------------------------------------------------------------------------------------

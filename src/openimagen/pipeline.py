@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import from_dict, load_json, save_json, to_dict
+from .data.transforms import to_pil  # re-exported: openimagen.pipeline.to_pil
 from .diffusion import (
     SAMPLERS,
     Parameterization,
@@ -51,14 +52,6 @@ class CascadeOutput:
 
     def pil(self, stage: int = -1):
         return to_pil(self.images[stage])
-
-
-def to_pil(images: Tensor):
-    from PIL import Image
-
-    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 def _per_stage(value, n: int, name: str, total: int | None = None) -> list:

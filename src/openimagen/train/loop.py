@@ -362,7 +362,7 @@ def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], pat
     """A PNG: one row per sample prompt, one column per stage trained so far (upscaled to the last size)."""
     from PIL import Image
 
-    from ..pipeline import to_pil
+    from ..data.transforms import to_pil
 
     n = 1
     while n < len(done) and done[n] > 0:  # later stages that have not trained yet would only draw noise
