@@ -1,6 +1,6 @@
 """Diffusion math: schedules, the denoiser contract, losses, samplers and guidance wrappers.
 
-Knows nothing about networks; `pipeline.py` joins it to `nn/`.
+Knows nothing about networks; `stage.py` (`Stage.model`) joins it to `nn/`.
 """
 from .guidance import Model, classifier_free_guidance, dynamic_threshold, static_threshold
 from .losses import diffusion_loss, min_snr_weight, vlb_term

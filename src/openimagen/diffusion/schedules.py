@@ -18,9 +18,8 @@ Kinds
 Shift (continuous kinds): `logsnr_shift` moves the whole curve, logsnr(t) = clamp(raw(t) + shift) --
 Hoogeboom et al. 2023 ("simple diffusion") shift by 2 log(64 / resolution) so that a larger image, whose
 neighbouring pixels share more information, still gets destroyed at the same t. A negative shift does the
-opposite, for images with even more redundancy than natural 64 px photographs: flat synthetic scenes stay
-readable at SNR 0.01, so with the plain cosine schedule only the last few percent of t decide where things
-go (what the text says about layout) and training barely visits them.
+opposite, for images with even more redundancy than natural 64 px photographs (why the shapes base uses -3:
+docs/decisions.md#logsnr-shift).
 
 Times are float tensors in the schedule's own units (see docs/architecture.md); larger t is noisier.
 """
