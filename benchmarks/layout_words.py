@@ -40,7 +40,8 @@ def swapped(caption: str, kind: str) -> str:
 
 @torch.no_grad()
 def probe(model_dir: str, ts=(0.95, 0.9, 0.8), n: int = 48, seed: int = 123) -> dict:
-    from openimagen.data.shapes import caption, render, sample_scene, to_tensor
+    from openimagen.data.shapes import caption, render, sample_scene
+    from openimagen.data.transforms import to_tensor
     from openimagen.loading import load_model
 
     cascade = load_model(model_dir)
@@ -161,7 +162,8 @@ def caption_only(kind: str, steps: int = 4000, batch: int = 16, every: int = 250
     image than to the same scene with the two colours swapped (0.5 = no binding), at the output grid."""
     import torch.nn.functional as F
 
-    from openimagen.data.shapes import caption, render, sample_scene, to_tensor
+    from openimagen.data.shapes import caption, render, sample_scene
+    from openimagen.data.transforms import to_tensor
     from openimagen.nn.efficient_unet import PRESETS, EfficientUNet
     from openimagen.nn.layout import TextLayout
     from openimagen.text import MiniLMEncoder

@@ -117,3 +117,23 @@ def test_guidance_one_equals_the_conditional_model(cascade):
     a = cascade.generate(PROMPTS[:1], guidance=1.0, seed=0, stop_at=1, progress=False)
     b = cascade.generate(PROMPTS[:1], guidance=1.0, negative_prompt="a big yellow star", seed=0, stop_at=1, progress=False)
     assert torch.equal(a.images[0], b.images[0])
+
+
+def test_build_leaves_the_global_rng_alone_and_its_weights_follow_the_seed(minilm):
+    from openimagen.config import to_dict
+    from openimagen.nn.efficient_unet import PRESETS
+    from openimagen.stage import Stage, StageConfig
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    built = Cascade.build(minilm, [("tiny", 8), ("tiny", 16)], seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    # the same weights as stages made right after torch.manual_seed(seed) (how build drew them before)
+    torch.manual_seed(7)
+    ref = [Stage(StageConfig(resolution=r, unet=to_dict(PRESETS["tiny"](text_embed_dim=minilm.dim, lowres_cond=i > 0)),
+                             lowres=i > 0)) for i, r in enumerate((8, 16))]
+    got = dict(built.stages.named_parameters())
+    want = dict(torch.nn.ModuleList(ref).named_parameters())
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    other = Cascade.build(minilm, [("tiny", 8), ("tiny", 16)], seed=8)
+    assert not all(torch.equal(p, q) for p, q in zip(built.parameters(), other.parameters()))

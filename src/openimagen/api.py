@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ def write_pngs(result: GenerateResult, out_dir: str | os.PathLike, *, stages: st
     each file appears whole or not at all (written beside, then renamed)."""
     from PIL.PngImagePlugin import PngInfo
 
-    from .pipeline import to_pil
+    from .data.transforms import to_pil
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

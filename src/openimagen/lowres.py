@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .diffusion import Schedule, q_sample
+from .diffusion.noise import rand
 
 RESIZE_MODES = ("bilinear", "bicubic", "nearest")
 
@@ -40,7 +41,7 @@ class LowresConditioning:
         [0, level_max] (whole numbers for a discrete schedule)."""
         if level_max is None:
             return self.schedule.sample_t(batch, generator=generator).to(device)
-        u = torch.rand((batch,), generator=generator, dtype=torch.float32).to(device)
+        u = rand((batch,), generator, device)
         if self.schedule.config.discrete:
             return (u * (level_max + 1)).floor().clamp(max=level_max)
         return u * level_max

@@ -5,7 +5,6 @@ argument and the fix); nothing here samples.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .diffusion import as_timesteps, respaced_timesteps

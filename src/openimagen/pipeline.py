@@ -22,8 +22,9 @@ from torch import Tensor
 
 from .config import from_dict, load_json, save_json, to_dict
 from . import options
+from .data.transforms import to_pil  # re-exported: openimagen.pipeline.to_pil
 from .diffusion import SAMPLERS, Parameterization, Step
-from .sampling import GenerationCancelled, sample_stage
+from .sampling import GenerationCancelled, sample_stage  # noqa: F401 (GenerationCancelled: re-exported)
 from .stage import Stage, StageConfig, unet_classes
 from .text import TextEncoder, check_prompts, text_encoder_from_spec
 
@@ -48,12 +49,6 @@ class CascadeOutput:
         return to_pil(self.images[stage])
 
 
-def to_pil(images: Tensor):
-    from PIL import Image
-
-    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 class Cascade(torch.nn.Module):
@@ -80,21 +75,23 @@ class Cascade(torch.nn.Module):
         """A fresh (untrained) cascade from U-Net preset names and resolutions.
 
         `Cascade.build(MiniLMEncoder(), [("tiny", 16), ("tiny", 32)])`; `stage_options` are StageConfig
-        fields applied to every stage (e.g. steps=20, sampler="ddim").
+        fields applied to every stage (e.g. steps=20, sampler="ddim"). The weights are drawn from the CPU
+        generator seeded with `seed`; the caller's global RNG state is left as it was.
         """
         from .nn.efficient_unet import PRESETS
 
-        torch.manual_seed(seed)
         built = []
-        for i, (preset, resolution) in enumerate(stages):
-            if preset not in PRESETS:
-                raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(PRESETS)}")
-            param = stage_options.get("parameterization", Parameterization())
-            unet_cfg = PRESETS[preset](
-                text_embed_dim=text_encoder.dim, lowres_cond=i > 0, out_channels=param.out_channels(3)
-            )
-            config = StageConfig(resolution=resolution, unet=to_dict(unet_cfg), lowres=i > 0, **stage_options)
-            built.append(Stage(config))
+        with torch.random.fork_rng(devices=[]):  # saves and restores the CPU generator's state
+            torch.default_generator.manual_seed(int(seed))  # modules initialise on the CPU: no device RNG to seed
+            for i, (preset, resolution) in enumerate(stages):
+                if preset not in PRESETS:
+                    raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(PRESETS)}")
+                param = stage_options.get("parameterization", Parameterization())
+                unet_cfg = PRESETS[preset](
+                    text_embed_dim=text_encoder.dim, lowres_cond=i > 0, out_channels=param.out_channels(3)
+                )
+                config = StageConfig(resolution=resolution, unet=to_dict(unet_cfg), lowres=i > 0, **stage_options)
+                built.append(Stage(config))
         return cls(text_encoder, built)
 
     # -- sampling --------------------------------------------------------------------------------

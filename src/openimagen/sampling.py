@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .diffusion import SAMPLERS, Denoiser, Step, classifier_free_guidance, q_sample, thresholding
-from .diffusion.samplers import _randn
+from .diffusion.noise import randn
 from .stage import Stage
 
 
@@ -41,7 +41,7 @@ class StartState(Protocol):
 
 def pure_noise(shape, ts, stage, generator, device) -> tuple[Tensor, Tensor]:
     """x_T ~ N(0, I) and every timestep: text-to-image (and plain super-resolution)."""
-    return _randn(torch.empty(shape, device=device), generator), ts
+    return randn(shape, generator, device), ts
 
 
 def noised_image(image: Tensor, strength: float) -> StartState:
@@ -58,7 +58,7 @@ def noised_image(image: Tensor, strength: float) -> StartState:
         x0 = image.to(device).float()
         if tuple(x0.shape) != tuple(shape):
             raise ValueError(f"the start image is {tuple(x0.shape)}, but this stage draws {tuple(shape)}")
-        noise = _randn(torch.empty(shape, device=device), generator)
+        noise = randn(shape, generator, device)
         return q_sample(x0, ts[:1].expand(shape[0]), stage.schedule, noise), ts
 
     return start

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .config import ConfigError, from_dict
 from .diffusion import SAMPLERS, THRESHOLDS, Denoised, Parameterization, ScheduleConfig, make_schedule
+from .diffusion.noise import randn
 from .lowres import RESIZE_MODES, LowresConditioning
 
 # ----------------------------------------------------------------------------------------------
@@ -110,11 +111,5 @@ class Stage(torch.nn.Module):
         resolution) and noised to `level`, one draw fixed for every sampling step."""
         size = size or (self.resolution, self.resolution)
         level_t = torch.full((lowres.shape[0],), float(level), device=lowres.device)
-        noise = _randn((lowres.shape[0], lowres.shape[1], *size), generator, lowres.device)
+        noise = randn((lowres.shape[0], lowres.shape[1], *size), generator, lowres.device)
         return self.lowres_cond(lowres, size, level_t, noise)
-
-
-def _randn(shape, generator: torch.Generator | None, device) -> Tensor:
-    # Drawn on the generator's device, then moved: the same numbers on CPU and GPU for one seed.
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device)

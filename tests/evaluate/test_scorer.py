@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from openimagen.data.shapes import Obj, Scene, ShapesWorld, caption, render, sample_scene, to_tensor
+from openimagen.data.shapes import Obj, Scene, ShapesWorld, caption, render, sample_scene
+from openimagen.data.transforms import to_tensor
 from openimagen.evaluate import load_benchmark_prompts, score, score_many
 from openimagen.evaluate import ocr, scorer
 from openimagen.evaluate.benchmark import generate_benchmark_prompts

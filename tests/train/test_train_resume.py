@@ -25,14 +25,27 @@ torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from conftest import TINY_OVERRIDES
 from openimagen.train import load_train_config, train
+{hook}
 cfg = load_train_config("shapes-tiny", None, TINY_OVERRIDES)
 train(cfg, sys.argv[1], resume=True, progress=False)
 """
+# Stalls the write of the step-8 checkpoint for a minute, right after stage_0/model.safetensors, so a
+# kill can land while the checkpoint is half written.
+SLOW_STEP_8 = """
+import time
+from openimagen.train import checkpoint as ckpt
+_save = ckpt._save_tensors
+def _slow_save(tensors, path):
+    _save(tensors, path)
+    if path.parent.name == "stage_0" and path.name == "model.safetensors" and ".tmp-step-0000008-" in str(path):
+        time.sleep(60)
+ckpt._save_tensors = _slow_save
+"""
 
 
-def _start(out: Path, env_extra: dict | None = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=SRC, **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=TESTS), str(out)], env=env,
+def _start(out: Path, hook: str = "") -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=TESTS, hook=hook), str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -81,7 +94,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, embedding
     b = runs["b"]
 
     # kill 1: mid-training, after the step-4 checkpoint and before the next one
-    hook = {ckpt.SLOW_ENV: "60@8"}  # the step-8 checkpoint write stalls for a minute: kill 2 lands in it
+    hook = SLOW_STEP_8  # the step-8 checkpoint write stalls for a minute: kill 2 lands in it
     p = _start(b, hook)
     _wait_until(p, lambda: _log_steps(b) >= 6, "step 6")
     p.send_signal(signal.SIGKILL)

@@ -33,7 +33,7 @@ from openimagen.data.shapes_captions import (
 __all__ = [
     "COLORS", "BACKGROUNDS", "SIGN_COLOR", "INK_COLOR", "SHAPE_NAMES", "SIZES", "POSITIONS", "WORDS",
     "Obj", "Scene", "Spec", "ObjectSpec", "Holdout", "STANDARD_HOLDOUT", "sample_scene", "render",
-    "caption", "parse_caption", "to_tensor", "ShapesWorld",
+    "caption", "parse_caption", "ShapesWorld",
 ]
 
 # ----------------------------------------------------------------------------- palette and layout
@@ -268,13 +268,6 @@ def render(scene: Scene, resolution: int = 64) -> Image.Image:
     return img
 
 
-def to_tensor(img: Image.Image):
-    """PIL RGB image -> float tensor (3, H, W) in [-1, 1]."""
-    import torch
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32)              # (H, W, 3) in [0, 255]
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous() / 127.5 - 1.0
-
-
 # ----------------------------------------------------------------------------- dataset
 
 class ShapesWorld:
@@ -331,5 +324,7 @@ class ShapesWorld:
         raise RuntimeError(f"no {self.split} scene found for item {i} in 100000 draws; is the holdout too broad?")
 
     def __getitem__(self, i: int) -> dict:
+        from .transforms import to_tensor  # here, not at the top: scenes and captions need no torch
+
         scene, text = self.scene_and_caption(int(i))
         return {"image": to_tensor(render(scene, self.resolution)), "caption": text, "scene": scene.to_json()}

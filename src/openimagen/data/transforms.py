@@ -102,21 +102,24 @@ def crop_square(img, size: int, random: bool = False, generator: torch.Generator
 
 
 def to_tensor(img) -> Tensor:
-    """8-bit RGB PIL image -> float32 tensor (3, H, W) in [-1, 1]."""
+    """8-bit RGB PIL image -> contiguous float32 tensor (3, H, W) in [-1, 1]."""
     a = np.asarray(img, dtype=np.uint8)  # (H, W, 3)
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"expected an RGB image, got an array of shape {a.shape}; call to_rgb first")
-    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
 
 
 def to_pil(x: Tensor):
-    """Float tensor (3, H, W) in [-1, 1] -> 8-bit RGB PIL image (the inverse of `to_tensor`)."""
+    """Float images in [-1, 1] -> 8-bit RGB PIL images (the inverse of `to_tensor`):
+    (3, H, W) -> one image, (B, 3, H, W) -> a list of B images."""
     from PIL import Image
 
-    if x.ndim != 3 or x.shape[0] != 3:
-        raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.ndim not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(f"expected a (3, H, W) or (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
     a = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(a.permute(1, 2, 0).numpy())  # (H, W, 3) uint8 -> "RGB"
+    if x.ndim == 3:
+        return Image.fromarray(a.permute(1, 2, 0).numpy())  # (H, W, 3) uint8 -> "RGB"
+    return [Image.fromarray(im) for im in a.permute(0, 2, 3, 1).numpy()]  # B x (H, W, 3)
 
 
 @dataclass(frozen=True)

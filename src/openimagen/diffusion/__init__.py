@@ -1,6 +1,6 @@
 """Diffusion math: schedules, the denoiser contract, losses, samplers and guidance wrappers.
 
-Knows nothing about networks; `stage.py` joins it to `nn/`.
+Knows nothing about networks; `stage.py` (`Stage.model`) joins it to `nn/`.
 """
 from .forward import q_sample
 from .guidance import THRESHOLDS, Model, classifier_free_guidance, dynamic_threshold, static_threshold, thresholding

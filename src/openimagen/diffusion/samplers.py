@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .noise import randn
 from .parameterization import Denoiser, expand_like, learned_range_logvar
 from .schedules import Schedule, as_timesteps, gaussian_posterior
 
@@ -41,11 +42,6 @@ def _report(callback: Callback | None, i: int, n: int, t: Tensor, x_t: Tensor, x
         return x
     out = callback(Step(i, n, t[0], x_t, x, x0_hat, last))
     return x if out is None else out.to(x)
-
-
-def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x)
 
 
 def _steps(x: Tensor, schedule: Schedule, ts):
@@ -81,7 +77,7 @@ def ddpm(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] |
         c_x0, c_xt, var, beta = gaussian_posterior(a_t, s_t, a_s, s_s)
         x = c_x0 * d.x0 + c_xt * x                                     # posterior mean
         if not last:  # going to the clean state has zero variance: no noise (diffusers: only when t > 0)
-            noise = _randn(x, generator)
+            noise = randn(x.shape, generator, like=x)
             if d.var_interp is not None:
                 std = torch.exp(0.5 * learned_range_logvar(d.var_interp, beta, var))
             else:
@@ -106,7 +102,7 @@ def ddim(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] |
         c = eta * (s_s / s_t) * beta.clamp_min(0).sqrt()
         x = a_s * d.x0 + (s_s**2 - c**2).clamp_min(0).sqrt() * d.eps
         if eta > 0 and not last:
-            x = x + c * _randn(x, generator)
+            x = x + c * randn(x.shape, generator, like=x)
         x = _report(callback, i, len(ts), t, x_t, x, d.x0, last)
     return x
 

@@ -18,9 +18,8 @@ Kinds
 Shift (continuous kinds): `logsnr_shift` moves the whole curve, logsnr(t) = clamp(raw(t) + shift) --
 Hoogeboom et al. 2023 ("simple diffusion") shift by 2 log(64 / resolution) so that a larger image, whose
 neighbouring pixels share more information, still gets destroyed at the same t. A negative shift does the
-opposite, for images with even more redundancy than natural 64 px photographs: flat synthetic scenes stay
-readable at SNR 0.01, so with the plain cosine schedule only the last few percent of t decide where things
-go (what the text says about layout) and training barely visits them.
+opposite, for images with even more redundancy than natural 64 px photographs (why the shapes base uses -3:
+docs/decisions.md#logsnr-shift).
 
 Times are float tensors in the schedule's own units (see docs/architecture.md); larger t is noisier.
 """
@@ -33,6 +32,8 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from .noise import rand, randint
 
 KINDS = ("cosine", "linear", "ddpm_cosine")
 
@@ -73,11 +74,6 @@ class Schedule(Protocol):
     def model_time(self, t: Tensor) -> Tensor: ...
 
 
-def _rand_device(generator, device):
-    # Draw where the generator lives (as diffusers' randn_tensor does), then move: seeded runs match across devices.
-    return generator.device if generator is not None else (device or "cpu")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Continuous schedules: everything follows from logsnr(t)
 # ----------------------------------------------------------------------------------------------------------
@@ -112,8 +108,7 @@ class _ContinuousSchedule:
         return torch.linspace(1.0, 0.0, int(n) + 1, dtype=torch.float64)[:-1].float()
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        t = torch.rand(batch, generator=generator, device=_rand_device(generator, device), dtype=torch.float32)
-        return t.to(device) if device is not None else t
+        return rand(batch, generator, device)
 
     def model_time(self, t: Tensor) -> Tensor:
         return t * 1000.0  # the same sinusoidal embedding range as discrete 0..999
@@ -201,9 +196,7 @@ class DDPMCosineSchedule:
         return torch.tensor(np.asarray(ts, dtype=np.float64).tolist(), dtype=torch.float32)
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        t = torch.randint(0, self.T, (batch,), generator=generator, device=_rand_device(generator, device))
-        t = t.float()
-        return t.to(device) if device is not None else t
+        return randint(self.T, (batch,), generator, device).float()
 
     def model_time(self, t: Tensor) -> Tensor:
         return t

@@ -36,6 +36,7 @@ def evaluate_model(model: str | None, prompts_file: str | None, out_dir: str, *,
     """Generate, score and write `out_dir/scores.json` and `out_dir/images/NNN.png`; return the table."""
     import torch
 
+    from ..data.transforms import to_pil
     from ..loading import load_model
 
     prompts = read_prompts(prompts_file)
@@ -53,7 +54,7 @@ def evaluate_model(model: str | None, prompts_file: str | None, out_dir: str, *,
         images.append(result.images[-1])
     images = torch.cat(images)
     seconds = time.perf_counter() - start
-    for i, img in enumerate(_pil(images)):
+    for i, img in enumerate(to_pil(images)):
         img.save(out / "images" / f"{i:03d}.png")
 
     report = score_many(images, prompts)
@@ -72,9 +73,3 @@ def format_table(report) -> str:
     for k, why in report.unavailable.items():
         rows.append(f"| {k} | unavailable ({why}) | 0 |")
     return "\n".join(rows)
-
-
-def _pil(images):
-    from ..pipeline import to_pil
-
-    return to_pil(images)

@@ -1,4 +1,5 @@
-"""Denoising networks: our Imagen Efficient U-Net (and, elsewhere, the DeepFloyd IF U-Net)."""
+"""Denoising networks: our Imagen Efficient U-Net (efficient_unet.py, exported here) and the DeepFloyd IF
+U-Net (if_unet.py, import it from there); both return raw outputs and know nothing about noise levels."""
 from .efficient_unet import PRESETS, EfficientUNet, UNetConfig
 
 __all__ = ["PRESETS", "EfficientUNet", "UNetConfig"]

@@ -55,7 +55,7 @@ class UNetConfig:
     scale_skip: bool = True  # multiply skip connections by 2^-0.5
     # Concatenate x/y coordinates in [-1, 1] to the input (CoordConv, Liu et al. 2018). Attention and
     # FiLM carry no location, so "on the left" / "above" must otherwise be inferred from zero padding.
-    coord_channels: bool = False
+    coord_channels: bool = False  # off in every preset: docs/decisions.md#coord-channels
     # A G x G text layout map (nn/layout.py) added to the features after the input conv and before the
     # middle block; 0 = none. It binds attributes to places ("a red circle above a blue square").
     layout_grid: int = 0
@@ -318,8 +318,7 @@ class EfficientUNet(nn.Module):
         emb = F.silu(emb)  # every FiLM projection starts with SiLU; do it once
         layout = self.layout(text, mask) if self.layout is not None else None  # (B, Dc, G, G)
 
-        # Plain NCHW on purpose: on CPU (oneDNN, bf16) channels_last sped the convs up ~10% but made
-        # GroupNorm's backward ~10x slower, a net loss of ~15% per training step.
+        # Plain NCHW on purpose (channels_last is slower on CPU): docs/decisions.md#nchw
         if cfg.coord_channels:
             x = torch.cat([x, _coordinates(x)], dim=1)  # (B, C + 2, H, W)
         h = self.init_conv(x)  # (B, dim, H, W)

@@ -141,10 +141,9 @@ class TextTransformer(nn.Module):
     The text encoder is frozen; these layers let the U-Net re-mix its token states into what it needs
     (GLIDE trains its whole text transformer; Imagen none). The motivation was binding in "a red circle
     below a blue square": self-attention over the tokens can tie each colour to its side of the relation
-    word. Measured on the shapes world it did not help within a 2 CPU-hour budget (benchmarks/README.md,
-    "Does the base bind objects to sides?"), so no shipped recipe uses it. The output projections start
-    at zero, so a fresh stack is the identity. Padding is masked as keys; the U-Net's null token (always
-    valid) keeps every softmax row finite.
+    word. It did not help, so no shipped recipe uses it (docs/decisions.md#text-layers). The output
+    projections start at zero, so a fresh stack is the identity. Padding is masked as keys; the U-Net's
+    null token (always valid) keeps every softmax row finite.
     """
 
     def __init__(self, dim: int, head_dim: int, layers: int, mlp_mult: int = 4):

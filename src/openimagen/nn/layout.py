@@ -3,13 +3,12 @@
 The U-Net's own attention has no notion of place: a pixel's query carries only what its features
 encode about location (zero padding, coordinate channels), so binding "a red circle above a blue
 square" -- red goes up, blue goes down, not the other way round -- must be discovered through features
-that barely know "up". On the shapes world our base U-Nets drew both objects on the right axis but
-on a coin-toss side, however long they trained (benchmarks/README.md, "Does the base bind objects to
-sides?"). Here every cell of a G x G grid owns a learned query, so "which colour goes in this cell" is
-one cross-attention away from the tokens; a few decoder layers (cells attend to each other, then to
-the text) resolve which object of the sentence each cell shows. Asked for the clean image from the
-caption alone, this decoder learned that binding after a plateau of 2000-3500 steps where the U-Net
-stayed at chance (benchmarks/layout_words.py caption-only).
+that barely know "up": on the shapes world our base U-Nets drew both objects on the right axis but on
+a coin-toss side (docs/decisions.md#text-layout). Here every cell of a G x G grid owns a learned query,
+so "which colour goes in this cell" is one cross-attention away from the tokens; a few decoder layers
+(cells attend to each other, then to the text) resolve which object of the sentence each cell shows.
+It learns that binding only after a plateau, so the shipped recipe trains it alone first
+(docs/decisions.md#text-layout-plateau).
 
 The map (B, D, G, G) is added to the U-Net's features (upsampled, through zero-initialised 1x1
 convs). `image(features)` turns it into a G x G RGB guess of the clean image: the training loop fits
@@ -71,8 +70,7 @@ class TextLayout(nn.Module):
         super().__init__()
         self.grid = grid
         # One query per cell (row-major), starting from a 2-D sin-cos code of the cell's place: "the top
-        # half" is then a direction in query space from step one. With random starting queries the
-        # decoder alone bound colours to sides a little later (caption-only: 98% at step 3500 vs 100%).
+        # half" is then a direction in query space from step one (docs/decisions.md#text-layout-plateau).
         self.queries = nn.Parameter(sincos_2d(grid, dim))
         self.layers = nn.ModuleList(_DecoderLayer(dim, head_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)

@@ -32,17 +32,6 @@ import torch
 
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step-(\d+)$")
-# Test hook: "SECONDS" or "SECONDS@STEP": sleep in the middle of writing a checkpoint (of that step),
-# so a test can kill the process there.
-SLOW_ENV = "OPENIMAGEN_TEST_CHECKPOINT_SLEEP"
-
-
-def _test_sleep(step: int) -> float:
-    value = os.environ.get(SLOW_ENV, "")
-    if not value:
-        return 0.0
-    seconds, _, at = value.partition("@")
-    return float(seconds) if not at or int(at) == step else 0.0
 
 
 def _fsync_file(path: Path) -> None:
@@ -128,13 +117,10 @@ def save_checkpoint(root: str | os.PathLike, step: int, state: dict, stages: lis
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    slow = _test_sleep(step)
     for k, st in enumerate(stages):
         d = tmp / f"stage_{k}"
         d.mkdir()
         _save_tensors(st["model"], d / "model.safetensors")
-        if slow and k == 0:
-            time.sleep(slow)  # test hook: a kill lands while the checkpoint is half written
         _save_tensors(st["ema"], d / "ema.safetensors")
         tensors, meta = flatten_optimizer(st["optim"])
         _save_tensors(tensors, d / "optim.safetensors")

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..config import save_json, to_dict
 from ..diffusion import diffusion_loss, q_sample
+from ..diffusion.noise import rand, randn
 from ..pipeline import Cascade
 from ..stage import Stage
 from . import checkpoint as ckpt
@@ -70,12 +71,6 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
 
-def _rand(shape, g: torch.Generator, device, normal: bool = False) -> Tensor:
-    # Drawn on the CPU generator, then moved: the same numbers on every device.
-    fn = torch.randn if normal else torch.rand
-    return fn(shape, generator=g, dtype=torch.float32).to(device)
-
-
 # ----------------------------------------------------------------------------------------------
 # one optimisation step's loss for one stage
 
@@ -93,10 +88,10 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
         x0, low = _crop_pair(x0, low, st.crop, g)
 
     t = stage.schedule.sample_t(B, generator=g).to(device)  # (B,) schedule units
-    eps = _rand(x0.shape, g, device, normal=True)
+    eps = randn(x0.shape, g, device)
     x_t = q_sample(x0, t, stage.schedule, eps)
 
-    drop = _rand((B,), g, "cpu") < cfg.caption_dropout
+    drop = rand((B,), g, "cpu") < cfg.caption_dropout
     embeds, mask = lookup(["" if d else c for c, d in zip(captions, drop.tolist())])
     cond = {"text_embeds": embeds.to(device), "text_mask": mask.to(device)}  # (B, L, D), (B, L)
 
@@ -108,7 +103,7 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
         # Noise-conditioning augmentation at a random level per sample, through the stage's own
         # LowresConditioning: the same resize and noising as sampling (lowres.py).
         level = stage.lowres_cond.training_levels(B, g, st.lowres_aug_max, device)
-        noise = _rand((B, low.shape[1], *x0.shape[-2:]), g, device, normal=True)
+        noise = randn((B, low.shape[1], *x0.shape[-2:]), g, device)
         cond["lowres"], cond["lowres_t"] = stage.lowres_cond(low, tuple(x0.shape[-2:]), level, noise)
 
     if grid and st.layout_loss:
@@ -355,7 +350,7 @@ def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], pat
     """A PNG: one row per sample prompt, one column per stage trained so far (upscaled to the last size)."""
     from PIL import Image
 
-    from ..pipeline import to_pil
+    from ..data.transforms import to_pil
 
     n = 1
     while n < len(done) and done[n] > 0:  # later stages that have not trained yet would only draw noise

@@ -43,21 +43,10 @@ def _stage(resolution: int, unet: dict, lowres: bool, logsnr_shift: float = 0.0,
         parameterization=Parameterization(kind="v"),
         lowres=lowres,
         lowres_schedule=ScheduleConfig(kind="linear"),
-        # SR sampling augmentation, chosen on 100 random training-distribution scenes (never the benchmark
-        # prompts) with the shipped model at base guidance 1.5: shape right 57 / 62 / 66% at aug 0.3 / 0.2 /
-        # 0.12, and 66 / 73% at 0.05 / 0.12 with guidance 2.5 (the stage trains on [0, 0.3]). The base
-        # draws the objects' shapes since it has a text layout, so the SR stage should mostly follow it.
-        lowres_aug=0.12 if lowres else 0.0,
+        lowres_aug=0.12 if lowres else 0.0,  # why 0.12: docs/decisions.md#sr-noise-augmentation
         sampler="dpmpp_2m",
         steps=25,
-        # Chosen on random training-distribution scenes (never the benchmark prompts). The SR stage
-        # needs no guidance: it follows its low-res input, and from ground-truth 32 px images it drew
-        # the right shape 98% of the time unguided vs 90% at guidance 5 (60 scenes). The base, with the
-        # whole cascade on 100 scenes (30 single, 30 relation, 40 count) at SR aug 0.12: guidance 1.5 /
-        # 2 / 2.5 / 3.5 drew the right shape 66 / 75 / 73 / 68% and the right count 65 / 57.5 / 57.5 /
-        # 47.5%; 2 keeps both furthest above the issue's floors (shape 70%, count 50%). Colour, position
-        # and relation were 100% at every setting.
-        guidance=1.0 if lowres else 2.0,
+        guidance=1.0 if lowres else 2.0,  # why 2 and 1: docs/decisions.md#sampling-guidance
         threshold="dynamic",
         **kw,
     )
@@ -89,34 +78,23 @@ def shapes_tiny() -> TrainConfig:
 
 
 # Text-layout warm-up steps of the shapes-small base (train only nn/layout.py's decoder, ~0.06 s each
-# with two processes). Alone on relation scenes the decoder plateaus for 2000-3500 steps before it binds
-# colours to sides (benchmarks/layout_words.py caption-only); on the standard mix (whose single scenes
-# teach the places) it bound 99% of 128 held-out relation scenes by step 2000 of the shipped run.
+# with two processes); why 3000: docs/decisions.md#text-layout-plateau
 LAYOUT_WARMUP = 3_000
 
 
 def shapes_small() -> TrainConfig:
     """32 px base (3.5M params) + 32 -> 64 px SR (2.1M params) on 20k shapes scenes, bf16 autocast.
 
-    What makes the base follow layout words ("on the left", "above"): its noise schedule is the cosine
-    one shifted by -3 in log-SNR, and its loss is plain v-MSE (no Min-SNR weights). Flat synthetic
-    scenes stay readable down to SNR ~0.01, so on the plain cosine schedule only the last few percent of
-    t leave the layout open -- the only steps where the caption's layout words lower the loss -- and
-    Min-SNR-5 weights those steps down ~100x more. Measured with a probe (x0 error with the true caption
-    vs. the same caption with left/right, top/bottom swapped): after 1200 base steps the plain schedule
-    gave ratio 1.02 (layout words ignored, also with Min-SNR off), the shifted one 1.41.
-
-    What makes it bind attributes to objects ("a red circle above a blue square": red up, blue down) is
-    the base U-Net's text layout (nn/layout.py, `layout_grid=8`): an 8 x 8 grid of cell queries that read
-    the caption, added to the U-Net's features, and fitted to the downsampled image by its own loss -- first
-    alone for LAYOUT_WARMUP cheap steps, then alongside the diffusion loss. Without it the base put two blobs
-    on the right axis and picked the side by coin toss (47% on random relation scenes, however trained);
-    with it, 1000 diffusion steps after the warm-up, 100% (benchmarks/README.md).
+    The base follows layout words ("on the left", "above") because its noise schedule is the cosine one
+    shifted by -3 in log-SNR and its loss is plain v-MSE (no Min-SNR weights); it binds attributes to
+    objects ("a red circle above a blue square": red up, blue down) through its text layout (nn/layout.py,
+    `layout_grid=8`), trained alone for LAYOUT_WARMUP cheap steps, then alongside the diffusion loss.
+    Why, with the measurements: docs/decisions.md#logsnr-shift, #text-layout, #text-layout-plateau.
 
     The SR stage trains on random 32 px crops of the 64 px image (with the matching 16 px low-res
     crop), as Imagen trains its SR stages: a quarter of the cost, and the network is fully
     convolutional so it samples whole 64 px images. Its noise augmentation is drawn from [0, 0.3]
-    (sampling uses 0.12).
+    (sampling uses 0.12: docs/decisions.md#sr-noise-augmentation).
 
     Budget: about an hour of wall time on 2 CPU cores as two data-parallel processes (README,
     "The bundled model", has the command and the measured cost); ~0.6 s per base step and ~0.2 s per
