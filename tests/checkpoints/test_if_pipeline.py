@@ -127,7 +127,7 @@ def test_guidance_variance_comes_from_the_conditional_half(tiny, monkeypatch):
             return Denoised(d.x0, d.eps, torch.cat([k, u]))
         return real(swapped, cond, uncond, scale)
 
-    monkeypatch.setattr("openimagen.pipeline.classifier_free_guidance", wrong)
+    monkeypatch.setattr("openimagen.sampling.classifier_free_guidance", wrong)
     out = tiny["ours"].generate(PROMPTS, steps=10, guidance=4.0, seed=0, stop_at=1, progress=False)
     assert (out.images[0] - ref.clamp(-1, 1)).abs().max().item() > 10 * TOL
 
