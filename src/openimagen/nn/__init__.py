@@ -1,4 +1,4 @@
 """Denoising networks: our Imagen Efficient U-Net (and, elsewhere, the DeepFloyd IF U-Net)."""
-from .efficient_unet import PRESETS, EfficientUNet, UNetConfig
+from .efficient_unet import PRESETS, EfficientUNet, EfficientUNetConfig, UNetConfig
 
-__all__ = ["PRESETS", "EfficientUNet", "UNetConfig"]
+__all__ = ["PRESETS", "EfficientUNet", "EfficientUNetConfig", "UNetConfig"]

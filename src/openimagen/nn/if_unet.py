@@ -16,6 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,7 @@ class IFCheckpointError(ValueError):
 class IFUNetConfig:
     """Everything that shapes an IF U-Net; per-level tuples are in encoder (down) order."""
 
+    kind: ClassVar[str] = "if"  # the JSON tag of a StageConfig.unet (config.py)
     block_out_channels: tuple[int, ...]  # C per level, e.g. (704, 1408, 2112, 2816)
     layers_per_block: tuple[int, ...]  # resnets per encoder level; decoder levels get reversed + 1
     down_block_types: tuple[str, ...]
