@@ -130,7 +130,7 @@ def test_build_leaves_the_global_rng_alone_and_its_weights_follow_the_seed(minil
     assert torch.equal(torch.get_rng_state(), before)
     # the same weights as stages made right after torch.manual_seed(seed) (how build drew them before)
     torch.manual_seed(7)
-    ref = [Stage(StageConfig(resolution=r, unet=to_dict(PRESETS["tiny"](text_embed_dim=minilm.dim, lowres_cond=i > 0)),
+    ref = [Stage(StageConfig(resolution=r, unet=PRESETS["tiny"](text_embed_dim=minilm.dim, lowres_cond=i > 0),
                              lowres=i > 0)) for i, r in enumerate((8, 16))]
     got = dict(built.stages.named_parameters())
     want = dict(torch.nn.ModuleList(ref).named_parameters())

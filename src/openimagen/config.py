@@ -2,37 +2,94 @@
 
 Every component (U-Net, schedule, stage, text encoder) is described by one frozen dataclass. It is
 saved as `config.json` beside `model.safetensors`, so loading needs no other argument.
+
+Tagged unions: a config class that declares `kind: ClassVar[str] = "..."` is *tagged*; its JSON always
+carries `"kind"`, and a field annotated with a union of tagged classes (`EfficientUNetConfig |
+IFUNetConfig`) is decoded into the class that the tag names. `from_dict` also takes such a union itself.
+A class may define `upgrade_json(data) -> data` (a classmethod) to translate an older JSON form of
+itself; `from_dict` calls it first, so each legacy form is read in one place.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_UNIONS = (typing.Union, types.UnionType)
 
 
 class ConfigError(ValueError):
     """A config file or override names a key or value we do not understand."""
 
 
+def kind_of(cls: Any) -> str | None:
+    """The tag of a tagged config class (its class-level `kind`), or None for any other type."""
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        return None
+    if any(f.name == "kind" for f in dataclasses.fields(cls)):  # a plain field (ScheduleConfig.kind): no tag
+        return None
+    kind = getattr(cls, "kind", None)
+    return kind if isinstance(kind, str) else None
+
+
+def tagged_members(hint: Any) -> dict[str, type] | None:
+    """{kind: class} when `hint` is a union of two or more tagged dataclasses (None may join them), else None."""
+    if typing.get_origin(hint) not in _UNIONS:
+        return None
+    classes = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+    if len(classes) < 2:
+        return None
+    members = {kind_of(c): c for c in classes}
+    if None in members or len(members) != len(classes):  # a programming error, not bad input
+        raise TypeError(f"the union {hint} mixes dataclasses without a distinct ClassVar `kind` tag")
+    return members
+
+
 def to_dict(cfg: Any) -> dict:
-    """A JSON-ready dict of a config dataclass (tuples become lists, nested dataclasses dicts)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """A JSON-ready dict of a config dataclass (tuples become lists, nested dataclasses dicts, tags "kind")."""
+    return json.loads(json.dumps(_plain(cfg)))
 
 
-def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
-    """Build `cls` from a dict, rejecting unknown keys and converting lists back to tuples."""
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        kind = kind_of(type(value))
+        out = {} if kind is None else {"kind": kind}
+        out.update({f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)})
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def from_dict(cls: type[T] | Any, data: dict, *, where: str = "config") -> T:
+    """Build `cls` (a dataclass, or a union of tagged ones) from a dict, rejecting unknown keys and
+    converting lists back to tuples."""
+    members = tagged_members(cls)
+    if members is not None:
+        return from_dict(_pick(members, data, where), data, where=where)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    upgrade = getattr(cls, "upgrade_json", None)
+    if upgrade is not None:
+        data = upgrade(data)
+    kind = kind_of(cls)
+    if kind is not None and "kind" in data:
+        if data["kind"] != kind:
+            raise ConfigError(f"{where}: kind {data['kind']!r} does not describe {cls.__name__} (kind {kind!r})")
+        data = {k: v for k, v in data.items() if k != "kind"}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        valid = sorted(fields) + (["kind"] if kind is not None else [])
         raise ConfigError(
-            f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys are {sorted(fields)}"
+            f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys are {valid}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -44,15 +101,35 @@ def from_dict(cls: type[T], data: dict, *, where: str = "config") -> T:
         raise ConfigError(f"{where}: {e}") from None
 
 
+def _pick(members: dict[str, type], data: Any, where: str) -> type:
+    """The member of a tagged union that `data["kind"]` names."""
+    kinds = sorted(members)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object with a \"kind\" (one of {kinds}), "
+                          f"got {type(data).__name__}")
+    kind = data.get("kind")
+    if kind not in members:
+        what = "has no \"kind\"" if kind is None else f"has unknown kind {kind!r}"
+        raise ConfigError(f"{where} {what}; valid kinds are {kinds}")
+    return members[kind]
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
+    members = tagged_members(hint)
+    if members is not None:
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        if isinstance(value, tuple(members.values())):
+            return value
+        return from_dict(hint, value, where=where)
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return from_dict(hint, value, where=where)
     if origin is tuple and isinstance(value, list):
         args = typing.get_args(hint)
         inner = args[0] if args else None
         return tuple(_coerce(inner, v, where) for v in value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in _UNIONS:
         for arg in typing.get_args(hint):
             if arg is type(None) and value is None:
                 return None

@@ -25,7 +25,7 @@ from . import options
 from .data.transforms import to_pil  # re-exported: openimagen.pipeline.to_pil
 from .diffusion import SAMPLERS, Parameterization, Step
 from .sampling import GenerationCancelled, sample_stage  # noqa: F401 (GenerationCancelled: re-exported)
-from .stage import Stage, StageConfig, unet_classes
+from .stage import Stage, StageConfig, unet_class
 from .text import TextEncoder, check_prompts, text_encoder_from_spec
 
 FORMAT = "openimagen-cascade"
@@ -90,7 +90,7 @@ class Cascade(torch.nn.Module):
                 unet_cfg = PRESETS[preset](
                     text_embed_dim=text_encoder.dim, lowres_cond=i > 0, out_channels=param.out_channels(3)
                 )
-                config = StageConfig(resolution=resolution, unet=to_dict(unet_cfg), lowres=i > 0, **stage_options)
+                config = StageConfig(resolution=resolution, unet=unet_cfg, lowres=i > 0, **stage_options)
                 built.append(Stage(config))
         return cls(text_encoder, built)
 
@@ -298,10 +298,8 @@ def _load_stage(d: Path, device, dtype) -> Stage:
     if not weights.is_file():
         raise ModelFolderError(f"{weights} is missing; copy the weights back or re-save the model")
     config = from_dict(StageConfig, load_json(cfg_path), where=str(cfg_path))
-    cfg_cls, net_cls = unet_classes(config.unet_kind)
-    unet_cfg = from_dict(cfg_cls, config.unet, where=f"{cfg_path}: unet")
     with torch.device("meta"):  # no time spent on random init that the weights overwrite
-        unet = net_cls(unet_cfg)
+        unet = unet_class(config.unet)(config.unet)
     stage = Stage(config, unet)
     try:
         state = load_file(str(weights), device=str(device))

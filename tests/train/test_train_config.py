@@ -29,7 +29,7 @@ def test_overrides_are_typed_and_nested():
     ])
     assert cfg.optim.lr == 3e-4 and cfg.stages[1].steps == 7 and cfg.mixed_precision == "bf16"
     assert cfg.optim.betas == (0.8, 0.95) and cfg.sample_prompts == ("a", "b")
-    assert cfg.stages[0].stage.unet["dim"] == 32 and cfg.order == "interleaved"
+    assert cfg.stages[0].stage.unet.dim == 32 and cfg.order == "interleaved"
     assert cfg.stages[0].steps == 50  # untouched
 
 
@@ -147,3 +147,15 @@ def test_layout_warmup_bounds_crops_and_its_learning_rate():
     assert lrs[:4] == [0.5, 1.0, 1.0, 1.0]          # the layout warm-up: its own ramp, then constant
     assert lrs[4:6] == [0.5, 1.0]                   # the diffusion steps ramp up afresh
     assert abs(lrs[-1] - (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))) < 1e-12  # cosine over 6 - 2 steps
+
+
+def test_tagged_entries_are_checked_against_the_class_their_kind_names():
+    from openimagen.text import T5EncoderConfig
+
+    cfg = load_train_config("shapes-tiny", None, ["text_encoder.kind=t5", "text_encoder.name_or_path=/models/t5",
+                                                  "text_encoder.variant=fp16"])
+    assert cfg.text_encoder == T5EncoderConfig("/models/t5", max_length=32, variant="fp16")
+    with pytest.raises(ConfigError, match=r"text_encoder has no 'variant'; valid keys are \['max_length', 'kind'\]"):
+        load_train_config("shapes-tiny", None, ["text_encoder.variant=fp16"])  # MiniLM has no variant
+    with pytest.raises(ConfigError, match=r"unknown kind 'precomputed'; valid kinds are \['minilm', 't5'\]"):
+        load_train_config("shapes-tiny", None, ['text_encoder={"kind": "precomputed", "dim": 8}'])

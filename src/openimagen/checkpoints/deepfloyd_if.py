@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from ..config import to_dict
 from ..io import hub
 from ..io.diffusers import HALF, load_component, read_json, read_noise_schedule, read_sampling_scheduler
 from ..io.errors import CheckpointError
@@ -103,7 +102,7 @@ def load_stage(folder: Path, *, stage: int, role: str = "model", device="cpu", d
     size = unet_cfg.sample_size or (64 if stage == 1 else 256)
     config = StageConfig(
         resolution=int(size if isinstance(size, int) else size[0]),
-        unet=to_dict(unet_cfg), unet_kind="if", sampler="ddpm", **sched, **DEFAULTS[stage], **extra)
+        unet=unet_cfg, sampler="ddpm", **sched, **DEFAULTS[stage], **extra)
     unet = load_if_unet(folder, dtype=dtype, device=device)
     return Stage(config, unet).eval()
 

@@ -25,6 +25,7 @@ The empty caption "" is always stored: the unconditional branch of guidance is t
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -63,9 +64,22 @@ def _canonical(spec: dict) -> str:
 
 
 def _spec_of(encoder_or_spec) -> dict:
-    spec = encoder_or_spec if isinstance(encoder_or_spec, dict) else encoder_or_spec.spec()
+    """The spec of an encoder, of its config (text.py) or a spec dict, in one canonical form: a spec of one
+    of our kinds goes through its typed config, so keys left at their defaults compare equal to written ones."""
+    from ..config import ConfigError, to_dict
+    from ..text import text_encoder_config
+
+    spec = encoder_or_spec
+    if hasattr(spec, "spec"):
+        spec = spec.spec()
+    elif dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+        spec = to_dict(spec)
     if not isinstance(spec, dict):
         raise ValueError(f"an encoder spec must be a dict, got {type(spec).__name__}")
+    try:
+        spec = to_dict(text_encoder_config(spec))
+    except ConfigError:
+        pass  # another encoder (the TextEncoder protocol is open): its spec is compared as written
     return json.loads(_canonical(spec))
 
 
@@ -93,7 +107,7 @@ def _existing_shards(out: Path, spec: dict) -> list[Path]:
     for p in shards:
         with safe_open(p, "pt") as f:
             theirs = json.loads((f.metadata() or {}).get("encoder_spec", "null"))
-        if theirs != spec:
+        if not isinstance(theirs, dict) or _spec_of(theirs) != spec:
             raise EncoderMismatchError(
                 f"{out} already holds embeddings from another text encoder ({p.name}: "
                 f"{_spec_diff(theirs or {}, spec)}); write this cache to a new folder or delete the old one")
@@ -270,12 +284,13 @@ class EmbeddingCache:
         return list(dict.fromkeys(c for c in captions if caption_key(c) not in where))
 
     def check_encoder(self, encoder_or_spec) -> None:
-        """Raise `EncoderMismatchError` unless the cache was written by this encoder (a spec dict or an encoder)."""
-        spec = _spec_of(encoder_or_spec)
-        if spec != self.spec:
+        """Raise `EncoderMismatchError` unless the cache was written by this encoder (an encoder, its config or
+        a spec dict)."""
+        spec, ours = _spec_of(encoder_or_spec), _spec_of(self.spec)
+        if spec != ours:
             raise EncoderMismatchError(
                 f"the embedding cache at {str(self.root)!r} was made with a different text encoder than this "
-                f"model uses ({_spec_diff(self.spec, spec)}); re-run `openimagen embed` with the model's "
+                f"model uses ({_spec_diff(ours, spec)}); re-run `openimagen embed` with the model's "
                 "encoder into a new folder")
 
     def lookup(self, captions: Iterable[str], pad_to: int | None = None) -> tuple[Tensor, Tensor]:

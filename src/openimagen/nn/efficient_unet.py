@@ -22,7 +22,7 @@ full-resolution features again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,8 @@ from .layers import Attention, AttentionPool, Downsample, ResBlock, TextTransfor
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class EfficientUNetConfig:
+    kind: ClassVar[str] = "efficient"  # the JSON tag of a StageConfig.unet (config.py)
     in_channels: int = 3
     out_channels: int = 3  # 2 * in_channels for a learned-variance parameterization
     dim: int = 128  # base width; level i has dim * dim_mults[i] channels
@@ -145,6 +146,9 @@ class UNetConfig:
         return channels // self.attn_heads if self.attn_heads else self.attn_head_dim
 
 
+UNetConfig = EfficientUNetConfig  # its name before the IF U-Net joined it
+
+
 class _Level(nn.Module):
     """One resolution of the down or up path: optional resample, ResBlocks, optional attention."""
 
@@ -156,7 +160,7 @@ class _Level(nn.Module):
 
 
 class EfficientUNet(nn.Module):
-    def __init__(self, cfg: UNetConfig):
+    def __init__(self, cfg: EfficientUNetConfig):
         super().__init__()
         self.cfg = cfg
         E, Dc, G = cfg.emb_width, cfg.cond_width, cfg.num_groups
@@ -269,7 +273,7 @@ class EfficientUNet(nn.Module):
         if text_embeds.ndim != 3 or text_embeds.shape[0] != B or text_embeds.shape[2] != cfg.text_embed_dim:
             raise ValueError(
                 f"text_embeds has shape {tuple(text_embeds.shape)}; expected ({B}, L, {cfg.text_embed_dim}) "
-                f"-- use a text encoder of width {cfg.text_embed_dim} or set UNetConfig.text_embed_dim"
+                f"-- use a text encoder of width {cfg.text_embed_dim} or set EfficientUNetConfig.text_embed_dim"
             )
         if text_mask is not None and text_mask.shape != text_embeds.shape[:2]:
             raise ValueError(
@@ -374,14 +378,14 @@ def _coordinates(x: Tensor) -> Tensor:
     return grid.expand(B, 2, H, W)
 
 
-def _preset(**defaults) -> Callable[..., UNetConfig]:
-    def factory(**overrides) -> UNetConfig:
-        return UNetConfig(**{**defaults, **overrides})
+def _preset(**defaults) -> Callable[..., EfficientUNetConfig]:
+    def factory(**overrides) -> EfficientUNetConfig:
+        return EfficientUNetConfig(**{**defaults, **overrides})
 
     return factory
 
 
-PRESETS: dict[str, Callable[..., UNetConfig]] = {
+PRESETS: dict[str, Callable[..., EfficientUNetConfig]] = {
     # for tests: ~0.1M parameters, two levels
     "tiny": _preset(dim=16, dim_mults=(1, 2), num_res_blocks=1, attn_levels=(False, True),
                     attn_head_dim=8, num_groups=8, text_embed_dim=32, time_embed_dim=32),

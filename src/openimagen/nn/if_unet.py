@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ class IFConfigError(ValueError):
 class IFUNetConfig:
     """Everything that shapes an IF U-Net; per-level tuples are in encoder (down) order."""
 
+    kind: ClassVar[str] = "if"  # the JSON tag of a StageConfig.unet (config.py)
     block_out_channels: tuple[int, ...]  # C per level, e.g. (704, 1408, 2112, 2816)
     layers_per_block: tuple[int, ...]  # resnets per encoder level; decoder levels get reversed + 1
     down_block_types: tuple[str, ...]

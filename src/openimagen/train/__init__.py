@@ -4,18 +4,11 @@
     model_dir = train(cfg, "runs/tiny")            # -> runs/tiny/model (Cascade.from_pretrained)
     train(cfg, "runs/tiny", resume=True)           # after a crash: continues bit-exactly
 """
-from .config import (
-    DataConfig,
-    OptimConfig,
-    StageTrainConfig,
-    TrainConfig,
-    load_train_config,
-    read_config_file,
-    with_max_steps,
-)
+from .config import DataConfig, OptimConfig, StageTrainConfig, TrainConfig, with_max_steps
 from .data import embed_dataset
 from .ema import EMA
 from .loop import train
+from .overrides import load_train_config, read_config_file
 from .presets import TRAIN_PRESETS
 
 __all__ = [

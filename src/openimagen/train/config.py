@@ -1,34 +1,26 @@
-"""What a training run is: frozen dataclasses, and how a preset + a file + `--set` overrides become one.
+"""What a training run is: frozen dataclasses, with every default in one place.
 
 A `TrainConfig` describes the whole cascade run (every stage trains in the same process, in one
-command): the text encoder, one `StageTrainConfig` per stage (the `pipeline.StageConfig` that is
+command): the text encoder, one `StageTrainConfig` per stage (the `stage.StageConfig` that is
 saved with the model, plus how long / how big to train it), the data, the optimiser and the
-bookkeeping (EMA, samples, checkpoints, logs). Defaults live here and nowhere else.
-
-`load_train_config(preset, config_file, overrides)` is what the CLI calls:
-    preset         a name from `TRAIN_PRESETS` (train/presets.py), the starting point
-    config_file    TOML or YAML; a nested mapping merged over the preset (or a complete config);
-                   it may name its own starting point with a top-level `preset = "..."`
-    overrides      ["optim.lr=1e-4", "stages.0.steps=100", ...]: dotted paths checked against the
-                   dataclasses; values parsed as JSON literals when they parse, else kept as strings
+bookkeeping (EMA, samples, checkpoints, logs). How a preset + a file + `--set` overrides become one
+is train/overrides.py (`load_train_config`).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..config import ConfigError, from_dict, to_dict
+from ..config import ConfigError
 from ..stage import StageConfig
+from ..text import MiniLMEncoderConfig, T5EncoderConfig
 
 DATA_KINDS = ("shapes", "folder", "webdataset")
 PRECISIONS = ("no", "bf16", "fp16")
 ORDERS = ("sequential", "interleaved")
-TEXT_ENCODER_KEYS = {"minilm": {"kind", "max_length"}, "t5": {"kind", "name_or_path", "max_length", "if_style"}}
+# The encoders a run can train with: precomputed embeddings have no encoder to embed new captions.
+TRAIN_TEXT_ENCODERS = (MiniLMEncoderConfig, T5EncoderConfig)
 
 
 @dataclass(frozen=True)
@@ -45,7 +37,7 @@ class StageTrainConfig:
 
     def __post_init__(self):
         _positive_int(self.steps, "stages.N.steps")
-        has_layout = isinstance(self.stage.unet, dict) and bool(self.stage.unet.get("layout_grid"))
+        has_layout = self.stage.layout_grid > 0
         _positive_int(self.batch_size, "stages.N.batch_size")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr={self.lr!r} must be positive (or null to use optim.lr)")
@@ -125,7 +117,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     stages: tuple[StageTrainConfig, ...]
-    text_encoder: dict = field(default_factory=lambda: {"kind": "minilm", "max_length": 32})
+    text_encoder: MiniLMEncoderConfig | T5EncoderConfig = field(default_factory=MiniLMEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mixed_precision: str = "no"         # "no" | "bf16" (CPU and GPU) | "fp16" (GPU only)
@@ -149,13 +141,9 @@ class TrainConfig:
                 raise ConfigError(f"stages.{i}.stage.lowres must be {i > 0} (stage 0 is the base, the rest super-resolve)")
             if i and s.stage.resolution <= self.stages[i - 1].stage.resolution:
                 raise ConfigError(f"stage {i} resolution {s.stage.resolution} must exceed stage {i - 1}'s")
-        kind = self.text_encoder.get("kind")
-        if kind not in TEXT_ENCODER_KEYS:
-            raise ConfigError(f"text_encoder.kind={kind!r}; choose one of {sorted(TEXT_ENCODER_KEYS)}")
-        unknown = sorted(set(self.text_encoder) - TEXT_ENCODER_KEYS[kind])
-        if unknown:
-            raise ConfigError(f"unknown key(s) text_encoder.{unknown} for kind {kind!r}; valid keys are "
-                              f"{sorted(TEXT_ENCODER_KEYS[kind])}")
+        if not isinstance(self.text_encoder, TRAIN_TEXT_ENCODERS):
+            raise ConfigError(f"text_encoder must be one of {[c.__name__ for c in TRAIN_TEXT_ENCODERS]} (kinds "
+                              f"{[c.kind for c in TRAIN_TEXT_ENCODERS]}), got {self.text_encoder!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}; choose one of {list(PRECISIONS)}")
         if self.order not in ORDERS:
@@ -208,153 +196,6 @@ def guess_data_kind(path: str) -> str:
     return "folder"
 
 
-
 def validate_unets(cfg: TrainConfig) -> None:
-    """Build each stage's U-Net config (not the network) so a bad key fails before any work starts."""
-    from ..stage import unet_classes
-
-    for i, s in enumerate(cfg.stages):
-        cfg_cls, _ = unet_classes(s.stage.unet_kind)
-        try:
-            from_dict(cfg_cls, s.stage.unet, where=f"stages.{i}.stage.unet")
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"stages.{i}.stage.unet: {e}") from None
-
-
-# ----------------------------------------------------------------------------------------------
-# preset + file + overrides -> TrainConfig
-
-
-def load_train_config(preset: str | None, config_file: str | os.PathLike | None = None,
-                      overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The CLI's entry point: see the module docstring. Every error is a one-line ConfigError."""
-    from .presets import TRAIN_PRESETS
-
-    file_data: dict = {}
-    if config_file is not None:
-        file_data = read_config_file(config_file)
-        file_preset = file_data.pop("preset", None)
-        preset = preset or file_preset
-    if preset is None and not file_data:
-        raise ConfigError(f"give a preset (one of {sorted(TRAIN_PRESETS)}) or a config file")
-    if preset is not None:
-        if preset not in TRAIN_PRESETS:
-            raise ConfigError(f"unknown training preset {preset!r}; valid presets are {sorted(TRAIN_PRESETS)}")
-        data = to_dict(TRAIN_PRESETS[preset]())
-        data = _merge(data, file_data, "")
-    else:
-        data = file_data
-    for item in overrides:
-        path, value = _parse_override(item)
-        _set_path(data, TrainConfig, path, value)
-    try:
-        cfg = from_dict(TrainConfig, data, where="config")
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:  # a __post_init__ of a nested dataclass (schedule, parameterization)
-        raise ConfigError(f"config: {e}") from None
-    validate_unets(cfg)
-    return cfg
-
-
-def read_config_file(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"config file {str(path)!r}: unknown format {suffix!r}; use .toml, .yaml/.yml or .json")
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- each parser has its own error type
-        raise ConfigError(f"config file {str(path)!r} does not parse: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def _merge(base: Any, update: Any, where: str) -> Any:
-    """Deep merge: mappings merge key by key, lists of equal length element by element, else replace."""
-    if isinstance(base, dict) and isinstance(update, dict):
-        out = dict(base)
-        for k, v in update.items():
-            out[k] = _merge(base[k], v, f"{where}{k}.") if k in base else v
-        return out
-    if isinstance(base, list) and isinstance(update, list) and len(base) == len(update):
-        return [_merge(b, u, f"{where}{i}.") for i, (b, u) in enumerate(zip(base, update))]
-    return update
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4 or stages.0.steps=100)")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {item!r} has an empty key; write e.g. optim.lr=1e-4")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a bare word such as bf16 or a path
-    return key.split("."), value
-
-
-def _set_path(data: dict, cls: Any, path: list[str], value: Any) -> None:
-    """Set data[path] = value, checking every step of the path against the dataclass `cls`."""
-    node, hint, done = data, cls, []
-    for i, key in enumerate(path):
-        last = i == len(path) - 1
-        full = ".".join(path)
-        dc = _dataclass_of(hint)
-        if dc is not None:
-            names = [f.name for f in dataclasses.fields(dc)]
-            if key not in names:
-                where = ".".join(done) or "the top level"
-                raise ConfigError(f"unknown config key {full!r}: {where} has no {key!r}; valid keys are {names}")
-            hint = typing.get_type_hints(dc)[key]
-        elif isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
-                raise ConfigError(f"config key {full!r}: {'.'.join(done)} is a list of {len(node)}; "
-                                  f"use an index 0..{len(node) - 1}")
-            key = int(key)
-            args = typing.get_args(hint)
-            hint = args[0] if args else None
-        elif isinstance(node, dict):
-            hint = None  # a free-form mapping (unet, text_encoder): checked when the config is built
-        else:
-            raise ConfigError(f"config key {full!r}: {'.'.join(done)} is a value, not a section")
-        if last:
-            node[key] = value
-            return
-        if isinstance(node, dict) and key not in node:
-            node[key] = {}
-        if isinstance(node, dict) and node[key] is None and _dataclass_of(hint) is not None:
-            node[key] = {}
-        node = node[key]
-        done.append(str(key))
-
-
-def _dataclass_of(hint: Any):
-    if dataclasses.is_dataclass(hint):
-        return hint
-    for arg in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else ():
-        if dataclasses.is_dataclass(arg):
-            return arg
-    return None
-
-
-_UnionType = getattr(__import__("types"), "UnionType", typing.Union)
+    """Nothing left to do: every U-Net config is a typed, validated dataclass once its StageConfig exists.
+    Kept so that callers written before the configs were typed still run."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..config import to_dict
 from .config import TrainConfig
 
 def next_stage(cfg: TrainConfig, done: list[int]) -> int | None:
@@ -228,7 +229,7 @@ class EmbeddingLookup:
         if acc.is_main_process:
             ensure_embeddings(cfg, captions, folder, device=acc.device, progress=progress)
         acc.wait_for_everyone()
-        return cls(EmbeddingCache(folder), _full_spec(cfg.text_encoder))
+        return cls(EmbeddingCache(folder), to_dict(cfg.text_encoder))
 
 
 def ensure_embeddings(cfg: TrainConfig, captions: list[str], folder: Path, device="cpu", progress: bool = True) -> Path:
@@ -236,12 +237,11 @@ def ensure_embeddings(cfg: TrainConfig, captions: list[str], folder: Path, devic
     from ..data.embeddings import INDEX, EmbeddingCache, embed_captions
     from ..text import text_encoder_from_spec
 
-    spec = _full_spec(cfg.text_encoder)
     cache = EmbeddingCache(folder) if (folder / INDEX).is_file() else None
     if cache is not None:
-        cache.check_encoder(spec)
+        cache.check_encoder(cfg.text_encoder)
     if cache is None or cache.missing(captions):
-        encoder = text_encoder_from_spec(spec, device=device)
+        encoder = text_encoder_from_spec(cfg.text_encoder, device=device)
         embed_captions(captions, encoder, folder, progress=progress)
     return folder
 
@@ -257,10 +257,3 @@ def embed_dataset(cfg: TrainConfig, out_dir, *, data_path: str | None = None, pr
     captions = collect_captions(build_dataset(cfg)) + list(cfg.sample_prompts)
     return ensure_embeddings(cfg, captions, Path(out_dir) / "embeddings", progress=progress)
 
-
-def _full_spec(spec: dict) -> dict:
-    """The encoder's own `spec()` for a config entry (defaults filled in), without loading it."""
-    if spec["kind"] == "minilm":
-        return {"kind": "minilm", "max_length": spec.get("max_length", 32)}
-    return {"kind": "t5", "name_or_path": spec["name_or_path"], "max_length": spec.get("max_length", 77),
-            "if_style": spec.get("if_style", False)}

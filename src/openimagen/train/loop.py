@@ -95,7 +95,7 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
     embeds, mask = lookup(["" if d else c for c, d in zip(captions, drop.tolist())])
     cond = {"text_embeds": embeds.to(device), "text_mask": mask.to(device)}  # (B, L, D), (B, L)
 
-    grid = sc.unet.get("layout_grid", 0) if isinstance(sc.unet, dict) else 0
+    grid = sc.layout_grid
     if layout_only:
         return _layout_loss(st, stage.call_unet(x_t, t, cond, net=model, layout_only=True), x0)
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..config import to_dict
 from ..diffusion import Parameterization, ScheduleConfig
+from ..nn.efficient_unet import PRESETS, EfficientUNetConfig
 from ..stage import StageConfig
+from ..text import MiniLMEncoderConfig
 from .config import DataConfig, OptimConfig, StageTrainConfig, TrainConfig
 
-MINILM = {"kind": "minilm", "max_length": 32}
+MINILM = MiniLMEncoderConfig(max_length=32)
 SHAPES_PROMPTS = (
     "a red circle on a gray background",
     "a blue square above a yellow star",
@@ -27,13 +28,11 @@ SHAPES_PROMPTS = (
 )
 
 
-def _unet(preset: str, **overrides) -> dict:
-    from ..nn.efficient_unet import PRESETS
-
-    return to_dict(PRESETS[preset](**overrides))
+def _unet(preset: str, **overrides) -> EfficientUNetConfig:
+    return PRESETS[preset](**overrides)
 
 
-def _stage(resolution: int, unet: dict, lowres: bool, logsnr_shift: float = 0.0, **kw) -> StageConfig:
+def _stage(resolution: int, unet: EfficientUNetConfig, lowres: bool, logsnr_shift: float = 0.0, **kw) -> StageConfig:
     # v-prediction on Imagen's cosine schedule: well conditioned at both ends of t, which matters
     # for small networks; the low-res augmentation uses the linear schedule (Imagen's default).
     return StageConfig(
@@ -57,7 +56,7 @@ def shapes_tiny() -> TrainConfig:
     base = _unet("tiny", text_embed_dim=384)
     sr = _unet("tiny", text_embed_dim=384, lowres_cond=True)
     return TrainConfig(
-        text_encoder=dict(MINILM),
+        text_encoder=MINILM,
         stages=(
             StageTrainConfig(stage=_stage(16, base, lowres=False), steps=50, batch_size=8, min_snr_gamma=5.0),
             StageTrainConfig(stage=_stage(32, sr, lowres=True), steps=50, batch_size=8, min_snr_gamma=5.0,
@@ -103,7 +102,7 @@ def shapes_small() -> TrainConfig:
     base = _unet("shapes-base", layout_grid=8)
     sr = _unet("shapes-sr")
     return TrainConfig(
-        text_encoder=dict(MINILM),
+        text_encoder=MINILM,
         stages=(
             StageTrainConfig(stage=_stage(32, base, lowres=False, logsnr_shift=-3.0), steps=LAYOUT_WARMUP + 6000,
                              batch_size=16, min_snr_gamma=None, layout_warmup=LAYOUT_WARMUP),
