@@ -84,7 +84,7 @@ def child(side: str, workload: str, folder: str, dtype_name: str, repeats: int, 
     if side == "ours":
         sys.path.insert(0, str(ROOT / "src"))
         from openimagen.checkpoints.deepfloyd_if import load_stage
-        from openimagen.pipeline import Cascade
+        from openimagen.cascade import Cascade
         from openimagen.text import PrecomputedEncoder
 
         stage = load_stage(Path(folder), stage=1, dtype=dtype)

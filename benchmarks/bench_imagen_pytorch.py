@@ -93,7 +93,7 @@ class PeerProcess:
 
 class Ours:
     def __init__(self, args):
-        from openimagen.pipeline import Stage
+        from openimagen.cascade import Stage
         from openimagen.train.loop import stage_loss
         from openimagen.train.presets import TRAIN_PRESETS
 
@@ -170,7 +170,7 @@ class Ours:
         return {k: getattr(sc, k) for k in keys}, "train preset shapes-small, stage 0 (no bundled model yet)"
 
     def cascade(self, settings: dict):
-        from openimagen.pipeline import Cascade, Stage
+        from openimagen.cascade import Cascade, Stage
         from openimagen.text import PrecomputedEncoder
 
         config = dataclasses.replace(self.stage.config, **settings)

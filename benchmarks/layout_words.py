@@ -42,7 +42,7 @@ def swapped(caption: str, kind: str) -> str:
 def probe(model_dir: str, ts=(0.95, 0.9, 0.8), n: int = 48, seed: int = 123) -> dict:
     from openimagen.data.shapes import caption, render, sample_scene
     from openimagen.data.transforms import to_tensor
-    from openimagen.loading import load_model
+    from openimagen.load import load_model
 
     cascade = load_model(model_dir)
     stage, enc = cascade.stages[0], cascade.text_encoder
@@ -86,7 +86,7 @@ def relations(model_dir: str | None, n: int = 64, seed: int = 777, guidance: flo
 
     from openimagen.data.shapes import caption, parse_caption, sample_scene
     from openimagen.evaluate.scorer import score
-    from openimagen.loading import load_model
+    from openimagen.load import load_model
 
     cascade = load_model(model_dir)
     rng = random.Random(seed)

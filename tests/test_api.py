@@ -37,7 +37,7 @@ def test_bad_requests_name_the_problem(bad, match):
 
 @pytest.fixture(scope="module")
 def bundled():
-    from openimagen.loading import load_model
+    from openimagen.load import load_model
 
     return load_model(None)
 

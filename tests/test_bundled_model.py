@@ -6,7 +6,7 @@ from PIL import Image
 
 from openimagen.cli import main
 from openimagen.evaluate import load_benchmark_prompts, score_many
-from openimagen.loading import bundled_model_path, load_model
+from openimagen.load import bundled_model_path, load_model
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,18 @@ def test_import_is_fast_and_offline():
 
 def test_library_modules_import_without_network_or_heavy_dependencies():
     code = NO_NETWORK + (
-        "import sys, openimagen.pipeline, openimagen.cli, openimagen.loading, openimagen.text, openimagen.diffusion\n"
+        "import sys, openimagen.cascade, openimagen.cli, openimagen.load, openimagen.text, openimagen.diffusion\n"
         "heavy = [m for m in ('transformers', 'diffusers', 'accelerate', 'webdataset') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "", f"imported at module load: {out.stdout.strip()}"
+
+
+def test_public_names_resolve_on_first_use():
+    import openimagen
+    from openimagen.api import GenerateRequest
+    from openimagen.cascade import Cascade
+
+    assert openimagen.Cascade is Cascade and openimagen.GenerateRequest is GenerateRequest
+    assert all(getattr(openimagen, name) is not None for name in openimagen.__all__)

@@ -8,7 +8,7 @@ import torch
 
 import openimagen.stage as stage_module
 from openimagen.diffusion import Denoised
-from openimagen.pipeline import Cascade
+from openimagen.cascade import Cascade
 from openimagen.sampling import GenerationCancelled, noised_image, sample_stage
 
 DIM, L = 16, 5

@@ -108,7 +108,7 @@ def run(request: GenerateRequest, *, cascade=None, device: str = "cpu", offload:
     """Generate what `request` asks for; `cascade` is a loaded model (default: load request.model).
     `callback(step)` sees every sampling step (`diffusion.Step`, with x0_hat); False cancels."""
     if cascade is None:
-        from .loading import load_model
+        from .load import load_model
 
         cascade = load_model(request.model, sr=request.sr, device="cpu" if offload else device,
                              dtype=PRECISIONS[request.precision])

@@ -152,7 +152,7 @@ def test_defaults_from_the_checkpoint(tiny):
 
 
 def test_save_pretrained_round_trip(tiny, tmp_path):
-    from openimagen.pipeline import Cascade
+    from openimagen.cascade import Cascade
 
     tiny["ours"].save_pretrained(tmp_path / "ours")
     loaded = Cascade.from_pretrained(tmp_path / "ours")
@@ -266,7 +266,7 @@ def test_offline_hub_id_names_the_layout(monkeypatch):
 
 
 def test_offload_moves_each_model_only_while_it_runs():
-    from openimagen.pipeline import _placed
+    from openimagen.cascade import _placed
 
     class Spy:
         def __init__(self):

@@ -8,7 +8,7 @@ import pytest
 
 from openimagen.io.errors import CheckpointError, HubError
 from openimagen.io.hub import from_hub, from_hub_or_dir, local_path, resolve
-from openimagen.loading import is_deepfloyd
+from openimagen.load import is_deepfloyd
 
 
 def test_the_rule(tmp_path, monkeypatch):

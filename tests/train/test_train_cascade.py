@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openimagen.pipeline import Cascade
+from openimagen.cascade import Cascade
 from openimagen.train import train
 
 

@@ -27,7 +27,7 @@ from ..io import hub
 from ..io.diffusers import HALF, load_component, read_json, read_noise_schedule, read_sampling_scheduler
 from ..io.errors import CheckpointError
 from ..nn.if_unet import IFConfigError, IFUNet, IFUNetConfig, if_stage
-from ..pipeline import Cascade
+from ..cascade import Cascade
 from ..stage import Stage, StageConfig
 from ..text import T5Encoder
 

@@ -37,7 +37,7 @@ def evaluate_model(model: str | None, prompts_file: str | None, out_dir: str, *,
     import torch
 
     from ..data.transforms import to_pil
-    from ..loading import load_model
+    from ..load import load_model
 
     prompts = read_prompts(prompts_file)
     cascade = load_model(model)

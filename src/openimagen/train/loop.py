@@ -36,7 +36,7 @@ from torch import Tensor
 from ..config import save_json, to_dict
 from ..diffusion import diffusion_loss, q_sample
 from ..diffusion.noise import rand, randn
-from ..pipeline import Cascade
+from ..cascade import Cascade
 from ..stage import Stage
 from . import checkpoint as ckpt
 from .config import TrainConfig, validate_unets, with_data_path, with_max_steps

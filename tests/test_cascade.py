@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from openimagen.pipeline import Cascade, ModelFolderError
+from openimagen.cascade import Cascade, ModelFolderError
 
 PROMPTS = ["a red circle above a blue square", "three green triangles"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from .io.hub import local_path
-from .pipeline import Cascade, ModelFolderError
+from .cascade import Cascade, ModelFolderError
 
 BUNDLED = Path(__file__).parent / "assets" / "shapes-cascade"
 

@@ -4,8 +4,9 @@ Imagen (Saharia et al. 2022, §2): a base model draws a small image from the tex
 super-resolution stage sees the text and a noise-augmented, upsampled copy of the previous image
 (noise-conditioning augmentation, §2.4; Ho et al. 2021 "Cascaded Diffusion Models").
 
-A stage (stage.py) is one U-Net with its schedule and sampling defaults; this file runs them in order,
-saves and loads them.
+A stage (stage.py) is one U-Net with its schedule and sampling defaults; `sampling.sample_stage` runs one
+stage; this file resolves the options, encodes the prompt once and runs the stages in order. Saving and
+loading are our model folder format (io/model_folder.py).
 """
 from __future__ import annotations
 
@@ -13,27 +14,22 @@ import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import from_dict, load_json, save_json, to_dict
 from . import options
-from .data.transforms import to_pil  # re-exported: openimagen.pipeline.to_pil
+from .data.transforms import to_pil
 from .diffusion import SAMPLERS, Parameterization, Step
-from .sampling import GenerationCancelled, sample_stage  # noqa: F401 (GenerationCancelled: re-exported)
-from .stage import Stage, StageConfig, unet_class
-from .text import TextEncoder, check_prompts, text_encoder_from_spec
+from .io import model_folder
+from .io.model_folder import ModelFolderError  # noqa: F401 (re-exported: the error users catch)
+from .sampling import GenerationCancelled, sample_stage  # noqa: F401 (re-exported)
+from .stage import Stage, StageConfig
+from .text import TextEncoder, check_prompts
 
-FORMAT = "openimagen-cascade"
 StageCallback = Callable[[Step], "bool | None"]  # after every step of every stage; False cancels
-
-
-class ModelFolderError(ValueError):
-    """A model folder is missing a file or holds a corrupt one."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,26 +207,11 @@ class Cascade(torch.nn.Module):
         L = max(e.shape[1], ue.shape[1])
         return _pad(e, L), _pad(m, L), _pad(ue, L), _pad(um, L)
 
-    # -- persistence -----------------------------------------------------------------------------
+    # -- persistence: our model folder format (io/model_folder.py) --------------------------------
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write `cascade.json` and one `stage_K/{config.json, model.safetensors}` per stage."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        names = []
-        for k, stage in enumerate(self.stages):
-            d = folder / f"stage_{k}"
-            d.mkdir(exist_ok=True)
-            save_json(to_dict(stage.config), d / "config.json")
-            state = {n: t.detach().contiguous() for n, t in stage.unet.state_dict().items()}
-            tmp = d / "model.safetensors.tmp"
-            save_file(state, str(tmp), metadata={"format": "pt"})
-            os.replace(tmp, d / "model.safetensors")
-            names.append(d.name)
-        spec = self.text_encoder.spec() if self.text_encoder is not None else None
-        save_json({"format": FORMAT, "version": 1, "text_encoder": spec, "stages": names}, folder / "cascade.json")
+        model_folder.save(folder, self.text_encoder, list(self.stages))
 
     @classmethod
     def from_pretrained(
@@ -241,19 +222,8 @@ class Cascade(torch.nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
     ) -> "Cascade":
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise ModelFolderError(f"model folder {folder} does not exist; pass a folder written by save_pretrained or `openimagen train`")
-        index_path = folder / "cascade.json"
-        if not index_path.is_file():
-            raise ModelFolderError(f"{folder} has no cascade.json: it is not an openimagen model folder")
-        index = load_json(index_path)
-        if index.get("format") != FORMAT:
-            raise ModelFolderError(f"{index_path} is not an openimagen cascade index (format={index.get('format')!r})")
-        stages = [_load_stage(folder / name, device, dtype) for name in index["stages"]]
-        if text_encoder is None and index.get("text_encoder") is not None:
-            text_encoder = text_encoder_from_spec(index["text_encoder"])
-        return cls(text_encoder, stages)
+        encoder, stages = model_folder.load(folder, text_encoder=text_encoder, device=device, dtype=dtype)
+        return cls(encoder, stages)
 
 
 def _device_of(module) -> torch.device | None:
@@ -284,38 +254,6 @@ def _pad(t: Tensor, L: int) -> Tensor:
         return t
     pad = [0, 0] * (t.dim() - 2) + [0, L - t.shape[1]]
     return F.pad(t, pad)
-
-
-def _load_stage(d: Path, device, dtype) -> Stage:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not d.is_dir():
-        raise ModelFolderError(f"stage folder {d} is missing; the model folder is incomplete")
-    cfg_path, weights = d / "config.json", d / "model.safetensors"
-    if not cfg_path.is_file():
-        raise ModelFolderError(f"{cfg_path} is missing; the stage cannot be built without it")
-    if not weights.is_file():
-        raise ModelFolderError(f"{weights} is missing; copy the weights back or re-save the model")
-    config = from_dict(StageConfig, load_json(cfg_path), where=str(cfg_path))
-    with torch.device("meta"):  # no time spent on random init that the weights overwrite
-        unet = unet_class(config.unet)(config.unet)
-    stage = Stage(config, unet)
-    try:
-        state = load_file(str(weights), device=str(device))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFolderError(f"{weights} is corrupt or not a safetensors file ({e}); re-download or re-save it") from None
-    if dtype is not None:
-        state = {k: v.to(dtype) for k, v in state.items()}
-    result = stage.unet.load_state_dict(state, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise ModelFolderError(
-            f"{weights} does not match {cfg_path}: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    # Invariant: every U-Net keeps all of its state in the state dict (no non-persistent buffers).
-    assert not any(b.is_meta for b in stage.unet.buffers()), "a U-Net buffer is not saved in its weights"
-    return stage.to(device).eval()
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -1,0 +1,91 @@
+"""Our model folder format: `cascade.json` plus one `stage_K/{config.json, model.safetensors}` per stage.
+
+The config beside the weights is all that is needed to rebuild a stage (no flags, no pickles); loading
+builds the U-Net on the meta device and checks every key against the weights before assigning them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import from_dict, load_json, save_json, to_dict
+from ..stage import Stage, StageConfig, unet_class
+from ..text import TextEncoder, text_encoder_from_spec
+
+FORMAT = "openimagen-cascade"
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing a file or holds a corrupt one."""
+
+
+def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: list[Stage]) -> None:
+    """Write the folder; each weights file is written beside and renamed, so it is whole or absent."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for k, stage in enumerate(stages):
+        d = folder / f"stage_{k}"
+        d.mkdir(exist_ok=True)
+        save_json(to_dict(stage.config), d / "config.json")
+        state = {n: t.detach().contiguous() for n, t in stage.unet.state_dict().items()}
+        tmp = d / "model.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, d / "model.safetensors")
+        names.append(d.name)
+    spec = text_encoder.spec() if text_encoder is not None else None
+    save_json({"format": FORMAT, "version": 1, "text_encoder": spec, "stages": names}, folder / "cascade.json")
+
+
+def load(folder: str | os.PathLike, *, text_encoder: TextEncoder | None = None, device: str | torch.device = "cpu",
+         dtype: torch.dtype | None = None) -> tuple[TextEncoder | None, list[Stage]]:
+    """(text encoder, stages) of a folder written by `save`; `text_encoder` overrides the saved one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist; pass a folder written by save_pretrained or `openimagen train`")
+    index_path = folder / "cascade.json"
+    if not index_path.is_file():
+        raise ModelFolderError(f"{folder} has no cascade.json: it is not an openimagen model folder")
+    index = load_json(index_path)
+    if index.get("format") != FORMAT:
+        raise ModelFolderError(f"{index_path} is not an openimagen cascade index (format={index.get('format')!r})")
+    stages = [_load_stage(folder / name, device, dtype) for name in index["stages"]]
+    if text_encoder is None and index.get("text_encoder") is not None:
+        text_encoder = text_encoder_from_spec(index["text_encoder"])
+    return text_encoder, stages
+
+
+def _load_stage(d: Path, device, dtype) -> Stage:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not d.is_dir():
+        raise ModelFolderError(f"stage folder {d} is missing; the model folder is incomplete")
+    cfg_path, weights = d / "config.json", d / "model.safetensors"
+    if not cfg_path.is_file():
+        raise ModelFolderError(f"{cfg_path} is missing; the stage cannot be built without it")
+    if not weights.is_file():
+        raise ModelFolderError(f"{weights} is missing; copy the weights back or re-save the model")
+    config = from_dict(StageConfig, load_json(cfg_path), where=str(cfg_path))
+    with torch.device("meta"):  # no time spent on random init that the weights overwrite
+        unet = unet_class(config.unet)(config.unet)
+    stage = Stage(config, unet)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFolderError(f"{weights} is corrupt or not a safetensors file ({e}); re-download or re-save it") from None
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    result = stage.unet.load_state_dict(state, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelFolderError(
+            f"{weights} does not match {cfg_path}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    # Invariant: every U-Net keeps all of its state in the state dict (no non-persistent buffers).
+    assert not any(b.is_meta for b in stage.unet.buffers()), "a U-Net buffer is not saved in its weights"
+    return stage.to(device).eval()
