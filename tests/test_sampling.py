@@ -181,3 +181,21 @@ def test_training_and_sampling_build_identical_unet_inputs_for_if_stage_ii(tmp_p
     assert stage.config.lowres_align_corners  # IF-II's own resize, which training used to ignore
     inputs = _same_inputs_in_training_and_sampling(stage, 16, 32, 250, monkeypatch)
     assert inputs["lowres"].shape == (1, 3, 32, 32)
+
+
+def test_a_plan_puts_a_start_state_and_hook_into_every_stage_of_generate(minilm):
+    from openimagen.sampling import StagePlan
+
+    cascade = Cascade.build(minilm, [("tiny", 8), ("tiny", 16)], steps=3, sampler="ddim")
+    shapes, seen = [], []
+
+    def plan(i, shape):
+        shapes.append((i, shape))
+        fill = lambda step: torch.full_like(step.x, 0.5 if i == 0 else -0.5)
+        return StagePlan(after_step=fill)
+
+    out = cascade.generate(["a red circle"], num_images=2, seed=0, progress=False, plan=plan,
+                           callback=lambda step: seen.append(step.stage))
+    assert shapes == [(0, (2, 3, 8, 8)), (1, (2, 3, 16, 16))] and seen == [0] * 3 + [1] * 3
+    assert torch.equal(out.images[0], torch.full((2, 3, 8, 8), 0.5))
+    assert torch.equal(out.images[1], torch.full((2, 3, 16, 16), -0.5))

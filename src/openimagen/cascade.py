@@ -25,7 +25,7 @@ from .data.transforms import to_pil
 from .diffusion import SAMPLERS, Parameterization, Step
 from .io import model_folder
 from .io.model_folder import ModelFolderError  # noqa: F401 (re-exported: the error users catch)
-from .sampling import GenerationCancelled, sample_stage  # noqa: F401 (re-exported)
+from .sampling import GenerationCancelled, StagePlan, sample_stage  # noqa: F401 (re-exported)
 from .stage import Stage, StageConfig
 from .text import TextEncoder, check_prompts
 
@@ -114,6 +114,7 @@ class Cascade(torch.nn.Module):
         offload: bool = False,
         progress: bool = True,
         callback: StageCallback | None = None,
+        plan: Callable[[int, tuple[int, int, int, int]], StagePlan] | None = None,
     ) -> CascadeOutput:
         """Run every stage in order. Same seed, same arguments -> identical images.
 
@@ -127,7 +128,8 @@ class Cascade(torch.nn.Module):
         `noise_level` is the low-res noise augmentation of super-resolution stages (their
         `lowres_schedule`'s units). `callback(step)` runs after every sampling step with a
         `diffusion.Step` whose `stage` is set (x_t, x, x0_hat: previews); returning False stops the run
-        with `GenerationCancelled`.
+        with `GenerationCancelled`. `plan(stage_index, shape)` -> `StagePlan(start, wrappers, after_step)`
+        is where editing puts its per-stage start state, denoiser wrappers and after-step hook (editing.py).
         """
         n = len(self.stages) if stop_at is None else stop_at
         first = 0 if image is None else 1
@@ -159,6 +161,7 @@ class Cascade(torch.nn.Module):
         B = cond_e.shape[0]
         prev = None if image is None else options.check_image(image, len(prompts), B).to(device)
 
+        steps_plan = (lambda i, shape: {}) if plan is None else (lambda i, shape: plan(i, shape).as_kwargs())
         images: list[Tensor] = []
         for i in range(first, n):
             stage: Stage = self.stages[i]
@@ -178,7 +181,7 @@ class Cascade(torch.nn.Module):
                         {"text_embeds": unc_e.to(device), "text_mask": unc_m.to(device)},
                         (B, 3, h, w), ts, generator=generator, sampler=sampler[i], guidance=guidance[i],
                         lowres=prev, noise_level=noise_level[i], callback=report,
-                        autocast_dtype=autocast_dtype, stage_index=i,
+                        autocast_dtype=autocast_dtype, stage_index=i, **steps_plan(i, (B, 3, h, w)),
                     )
                 finally:
                     bar.close()

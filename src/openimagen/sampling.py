@@ -11,6 +11,7 @@ generator in diffusers' IF order: the start state, then the augmentation noise, 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -71,6 +72,17 @@ def noised_image(image: Tensor, strength: float) -> StartState:
 Wrapper = Callable[[Denoiser], Denoiser]
 AfterStep = Callable[[Step], "Tensor | None"]        # may return a replacement for step.x
 StepCallback = Callable[[Step], "bool | None"]      # False stops the run (GenerationCancelled)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What an edit puts into one stage's run (the seams of `sample_stage`); the default is text-to-image."""
+    start: StartState = pure_noise
+    wrappers: tuple[Wrapper, ...] = ()
+    after_step: AfterStep | None = None
+
+    def as_kwargs(self) -> dict:
+        return {"start": self.start, "wrappers": tuple(self.wrappers), "after_step": self.after_step}
 
 
 def sample_stage(
