@@ -44,25 +44,49 @@ def cmd_generate(args) -> int:
     from . import api
 
     if args.from_png is not None:
-        request = api.request_from_png(args.from_png)
-        if args.prompt:
-            raise ValueError("--from-png reproduces the stored prompt; give no prompt with it")
-        if args.model is not None:  # the same parameters on another copy of the model
-            request = dataclasses.replace(request, model=args.model, sr=args.sr)
-    else:
-        if not args.prompt:
-            raise ValueError("no prompt: describe the image, e.g. openimagen generate \"a red circle above a blue square\"")
-        for p in args.prompt:
-            if not p.strip():
-                raise ValueError("empty prompt: describe the image, e.g. openimagen generate \"a red circle above a blue square\"")
-        request = api.GenerateRequest(
-            prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images,
-            steps=args.steps, guidance=args.guidance, sampler=args.sampler, noise_level=args.noise_level,
-            height=args.height, width=args.width, model=_model_name(args.model), sr=_model_name(args.sr),
-            precision=args.precision,
-        )
+        return _run(_from_png(args), args)
+    _check_prompts(args.prompt, 'openimagen generate "a red circle above a blue square"')
+    request = api.GenerateRequest(prompt=args.prompt, height=args.height, width=args.width, **_sampling(args))
+    return _run(request, args)
+
+
+def _sampling(args) -> dict:
+    """The request fields every command shares (generate, edit, upscale)."""
+    return dict(negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images, steps=args.steps,
+                guidance=args.guidance, sampler=args.sampler, noise_level=args.noise_level,
+                model=_model_name(args.model), sr=_model_name(args.sr), precision=args.precision)
+
+
+def _check_prompts(prompts: list[str], example: str) -> None:
+    if not prompts:
+        raise ValueError(f"no prompt: describe the image, e.g. {example}")
+    for p in prompts:
+        if not p.strip():
+            raise ValueError(f"empty prompt: describe the image, e.g. {example}")
+
+
+def _from_png(args, image: str | None = None):
+    """The request a PNG stores (a generation or an edit: the PNG knows which), with --model applied."""
+    from . import api
+
+    request = api.request_from_png(args.from_png)
+    if args.prompt:
+        raise ValueError("--from-png reproduces the stored prompt; give no prompt with it")
+    if args.model is not None:  # the same parameters on another copy of the model
+        request = dataclasses.replace(request, model=args.model, sr=args.sr)
+    if image is not None:  # the same input file in another place: its sha256 must still match
+        if not isinstance(request, api.EditRequest):
+            raise ValueError(f"{args.from_png} was made from text alone; give no image with --from-png")
+        request = dataclasses.replace(request, image=image)
+    return request
+
+
+def _run(request, args) -> int:
+    from . import api
+
+    run = api.run_edit if isinstance(request, api.EditRequest) else api.run
     # With --offload every model waits on the CPU and visits the device only while it runs.
-    result = api.run(request, device=args.device, offload=args.offload, progress=not args.quiet)
+    result = run(request, device=args.device, offload=args.offload, progress=not args.quiet)
     for p in api.write_pngs(result, args.out):
         print(p)
     return 0
@@ -73,6 +97,96 @@ def _model_name(name: str | None) -> str | None:
     if name is not None and Path(name).exists():
         return str(Path(name).resolve())
     return name
+
+
+# ----------------------------------------------------------------------------------------------
+# edit / upscale: a user's image
+
+
+def cmd_edit(args) -> int:
+    from . import api
+
+    if args.from_png is not None:
+        return _run(_from_png(args, image=args.image), args)
+    if args.image is None or not args.prompt:
+        raise ValueError('give an image and a prompt, e.g. openimagen edit photo.png "a red circle" --strength 0.6')
+    _check_prompts(args.prompt, 'openimagen edit photo.png "a red circle" --strength 0.6')
+    if args.mask is not None and args.extend is not None:
+        raise ValueError("outpainting masks the new border itself; give --mask (inpaint) or --extend (outpaint), not both")
+    mode = "inpaint" if args.mask is not None else "outpaint" if args.extend is not None else "img2img"
+    request = api.EditRequest(mode=mode, image=args.image, prompt=args.prompt, mask=args.mask, strength=args.strength,
+                              extend=args.extend, fill=args.fill, blend=args.blend, **_sampling(args))
+    return _run(request, args)
+
+
+def cmd_upscale(args) -> int:
+    from . import api
+
+    if args.from_png is not None:
+        return _run(_from_png(args, image=args.image), args)
+    if args.image is None or not args.prompt:
+        raise ValueError('give an image and a prompt, e.g. openimagen upscale small.png "a red circle"')
+    _check_prompts(args.prompt, 'openimagen upscale small.png "a red circle"')
+    request = api.EditRequest(mode="upscale", image=args.image, prompt=args.prompt, mask=args.mask,
+                              original=args.original, strength=args.strength, from_stage=args.from_stage,
+                              **_sampling(args))
+    return _run(request, args)
+
+
+def _strength_arg(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"--strength must be a number in (0, 1] (0.3 keeps the layout, 1 redraws "
+                                         f"everything), got {s!r}")
+    return v
+
+
+def _extend_arg(s: str) -> dict:
+    """--extend left=32,right=32 | width=96,height=64 | aspect=16:9 -> a dict (api.check_extend checks the rest)."""
+    from .api import SIDES, TARGETS
+
+    out = {}
+    for part in filter(None, (p.strip() for p in s.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in SIDES + TARGETS:
+            raise argparse.ArgumentTypeError(
+                f"--extend {s!r}: write SIDE=PIXELS with sides {', '.join(SIDES)} (e.g. left=32,right=32), "
+                "or a target canvas width=W,height=H or aspect=W:H")
+        if key == "aspect":
+            out[key] = value.strip()
+        elif value.strip().isdigit():
+            out[key] = int(value)
+        else:
+            raise argparse.ArgumentTypeError(f"--extend {key}={value}: give a whole number of pixels, e.g. {key}=32")
+    return out
+
+
+EDIT_EXAMPLES = """\
+The mode follows from the options: img2img (no mask), inpaint (--mask), outpaint (--extend).
+A mask has the image's size: white (50% grey or brighter) = repaint, black = keep.
+Images are resized to each stage's size (short side = the stage's resolution, aspect kept, as DeepFloyd IF does).
+
+examples:
+  openimagen edit shapes.png "a red circle above a blue square" --strength 0.6
+  openimagen edit shapes.png "a green star above a blue square" --mask top-half.png
+  openimagen edit shapes.png "a red circle and a yellow triangle" --extend right=32
+  openimagen edit shapes.png "two blue squares" --extend aspect=2:1 --seed 3
+  openimagen edit photo.jpg "a photo of a cat" --model DeepFloyd/IF-I-XL-v1.0 --sr DeepFloyd/IF-II-L-v1.0
+  openimagen edit --from-png out/00-a-red-circle-above-a-blue-square-stage1-64px.png --out again/
+"""
+UPSCALE_EXAMPLES = """\
+The image is enlarged by the cascade's super-resolution stages, from --from-stage (default 1) to the last.
+
+examples:
+  openimagen upscale small.png "a red circle above a blue square"
+  openimagen upscale small.png "a red circle above a blue square" --original big.png --strength 0.8
+  openimagen upscale photo64.png "a photo of a cat" --model DeepFloyd/IF-I-XL-v1.0 --sr DeepFloyd/IF-II-L-v1.0
+  openimagen upscale --from-png out/00-a-red-circle-above-a-blue-square-stage1-64px.png --out again/
+"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,6 +242,30 @@ def _add_run_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", required=True, help=out_help)
 
 
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """What generate, edit and upscale share: the model, the sampling, the output."""
+    p.add_argument("--from-png", default=None, metavar="FILE",
+                   help="run again with the parameters stored in a PNG that openimagen wrote (same image, bit for bit; "
+                        "an edit's input files must be unchanged)")
+    p.add_argument("--model", default=None, help=f"a model folder, or a DeepFloyd IF hub id / folder (default: {DEFAULT_MODEL_HELP})")
+    p.add_argument("--sr", default=None, help="a DeepFloyd IF stage II hub id or folder to run after --model")
+    p.add_argument("--steps", type=_steps_arg, default=None,
+                   help="sampling steps per stage, or an IF timestep list such as smart50 (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="sampler (default: the model's)")
+    p.add_argument("--negative-prompt", default=None, help="what the image should not show")
+    p.add_argument("--noise-level", type=float, default=None,
+                   help="noise augmentation of the low-res image in super-resolution stages, in the stage's own "
+                        "units (IF: 0-999, default 250)")
+    p.add_argument("--offload", action="store_true",
+                   help="keep models on the CPU; move each to --device only while it runs (the IF cascade in 16 GB)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
+    p.add_argument("--num-images", type=_positive_int("--num-images"), default=1, help="images per prompt")
+    p.add_argument("--out", default="openimagen-out", help="output folder for the PNGs (default: openimagen-out)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights dtype (default fp32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="openimagen", description="Cascaded text-to-image diffusion (Imagen, DeepFloyd IF).")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -137,28 +275,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate images from a prompt with every stage of a cascade")
     g.add_argument("prompt", nargs="*", help="one or more prompts")
-    g.add_argument("--from-png", default=None, metavar="FILE",
-                   help="run again with the parameters stored in a PNG that openimagen wrote (same image, bit for bit)")
-    g.add_argument("--model", default=None, help=f"a model folder, or a DeepFloyd IF hub id / folder (default: {DEFAULT_MODEL_HELP})")
-    g.add_argument("--sr", default=None, help="a DeepFloyd IF stage II hub id or folder to run after --model")
-    g.add_argument("--steps", type=_steps_arg, default=None,
-                   help="sampling steps per stage, or an IF timestep list such as smart50 (default: the model's)")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
-    g.add_argument("--sampler", choices=SAMPLER_NAMES, default=None, help="sampler (default: the model's)")
-    g.add_argument("--negative-prompt", default=None, help="what the image should not show")
     g.add_argument("--height", type=_positive_int("--height"), default=None, help="output height of the last stage")
     g.add_argument("--width", type=_positive_int("--width"), default=None, help="output width of the last stage")
-    g.add_argument("--noise-level", type=float, default=None,
-                   help="noise augmentation of the low-res image in super-resolution stages, in the stage's own "
-                        "units (IF: 0-999, default 250)")
-    g.add_argument("--offload", action="store_true",
-                   help="keep models on the CPU; move each to --device only while it runs (the IF cascade in 16 GB)")
-    g.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
-    g.add_argument("--num-images", type=_positive_int("--num-images"), default=1, help="images per prompt")
-    g.add_argument("--out", default="openimagen-out", help="output folder for the PNGs (default: openimagen-out)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights dtype (default fp32)")
+    _add_sampling_options(g)
     g.set_defaults(func=cmd_generate)
+
+    how = argparse.RawDescriptionHelpFormatter
+    ed = sub.add_parser("edit", help="redraw (img2img), repaint (--mask) or extend (--extend) an image",
+                        epilog=EDIT_EXAMPLES, formatter_class=how)
+    ed.add_argument("image", nargs="?", help="the image file to edit (with --from-png: a copy of the stored input)")
+    ed.add_argument("prompt", nargs="*", help="what the edited image shows (one or more prompts)")
+    ed.add_argument("--strength", type=_strength_arg, default=None,
+                    help="how far the image is noised before redrawing, in (0, 1] (default 0.7 for img2img, 1.0 "
+                         "for inpaint, as DeepFloyd IF)")
+    ed.add_argument("--mask", default=None, metavar="MASK", help="inpaint: white = repaint, black = keep")
+    ed.add_argument("--extend", type=_extend_arg, default=None, metavar="SPEC",
+                    help="outpaint: left=32,right=32 (pixels per side) or width=W,height=H or aspect=16:9 (centred)")
+    ed.add_argument("--fill", default=None, help="outpaint: how the new border starts (default: the library's)")
+    ed.add_argument("--blend", default=None, help="inpaint: how the kept area is put back after each step "
+                                                  "(default: IF's, the known pixels as they are)")
+    _add_sampling_options(ed)
+    ed.set_defaults(func=cmd_edit)
+
+    up = sub.add_parser("upscale", help="enlarge an image with a cascade's super-resolution stages",
+                        epilog=UPSCALE_EXAMPLES, formatter_class=how)
+    up.add_argument("image", nargs="?", help="the image file to enlarge (with --from-png: a copy of the stored input)")
+    up.add_argument("prompt", nargs="*", help="what the image shows (one or more prompts)")
+    up.add_argument("--from-stage", type=_positive_int("--from-stage"), default=None,
+                    help="the first stage to run on the image (default 1: the first super-resolution stage)")
+    up.add_argument("--original", default=None, metavar="FILE",
+                    help="a full-size image to start from (IF img2img-SR / inpainting-SR); with --strength")
+    up.add_argument("--strength", type=_strength_arg, default=None,
+                    help="with --original: how far it is noised, in (0, 1] (default: IF's, 0.8)")
+    up.add_argument("--mask", default=None, metavar="MASK",
+                    help="repaint only the white area while enlarging (inpainting-SR); the size of --original")
+    _add_sampling_options(up)
+    up.set_defaults(func=cmd_upscale)
 
     t = sub.add_parser("train", help="train every stage of a cascade in one run")
     _add_run_options(t, "run folder: checkpoints, samples, logs and the final model")
