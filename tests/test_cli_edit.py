@@ -62,7 +62,8 @@ def test_edit_request_round_trips_through_json(scene):
                         steps=(4, "smart27"), guidance=[3.0, None], sampler="ddim", model="/m", precision="bf16"),
         api.EditRequest(mode="inpaint", image=str(image), mask=str(mask), prompt=["a", "b"], blend="keep_known",
                         num_images=2, negative_prompt="green", noise_level=[None, 0.1], stop_at=1),
-        api.EditRequest(mode="outpaint", image=str(image), prompt=["a"], extend={"aspect": "16:9"}, fill="noise"),
+        api.EditRequest(mode="outpaint", image=str(image), prompt=["a"], extend={"aspect": "16:9"}, fill="gray",
+                        fit="refuse", strength=0.9, blend="repaint", resample=2),
         api.EditRequest(mode="upscale", image=str(image), prompt=["a"], from_stage=1, original=str(image),
                         mask=str(mask), strength=0.8, sr="/sr", sha256={"image": "ab"}),
     ]:
@@ -80,7 +81,8 @@ def test_edit_request_round_trips_through_json(scene):
     ({"strength": True}, "strength must be"),
     ({"mask": "m.png"}, "mask is not used by img2img"),
     ({"extend": {"left": 3}}, "extend is not used by img2img"),
-    ({"mode": "outpaint", "strength": 0.5, "extend": {"left": 8}}, "strength is not used by outpaint"),
+    ({"fit": "round"}, "fit is not used by img2img"),
+    ({"mode": "inpaint", "mask": "m.png", "resample": 0}, "resample must be a whole number >= 1"),
     ({"mode": "outpaint"}, "outpaint needs extend"),
     ({"mode": "outpaint", "extend": {"left": 0}}, "nothing to outpaint"),
     ({"mode": "outpaint", "extend": {"lft": 3}}, "extend takes sides"),
@@ -199,7 +201,7 @@ def test_missing_mask(capsys, scene, tmp_path):
     (["--extend", "aspect=1:1"], ["already has aspect"]),
     (["--extend", "aspect=wide"], ["not a ratio", "16:9"]),
     (["--extend", "right=32", "--mask", "MASK"], ["--mask (inpaint) or --extend (outpaint), not both"]),
-    (["--extend", "right=32", "--strength", "0.5"], ["strength is not used by outpaint"]),
+    (["--resample", "0"], ["--resample must be at least 1"]),
     (["--blend", "keep_known"], ["blend is not used by img2img"]),
     (["--height", "64"], ["unrecognized arguments: --height"]),
 ])
@@ -306,7 +308,7 @@ def _pngs(folder):
 
 
 def _pixels(path):
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
 
 
 @needs_editing
@@ -365,7 +367,8 @@ def test_upscale_end_to_end_and_from_png(capsys, scene, tmp_path):
     moved.write_bytes(small.read_bytes())
     small.unlink()
     assert main([*FAST, "upscale", "--from-png", str(png), str(moved), "--out", str(tmp_path / "c")]) == 0
-    assert (tmp_path / "c" / png.name).read_bytes() == png.read_bytes()
+    assert torch.equal(_pixels(tmp_path / "c" / png.name), _pixels(png))  # the PNG text names the new path
+    assert json.loads(Image.open(tmp_path / "c" / png.name).text[api.PNG_KEY])["request"]["image"] == str(moved)
 
 
 @needs_editing

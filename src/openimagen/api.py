@@ -146,8 +146,9 @@ MODES = ("img2img", "inpaint", "outpaint", "upscale")
 EDIT_PER_STAGE = PER_STAGE[:4]         # sizes come from the image (and `extend`), not from height/width
 SIDES = ("left", "right", "top", "bottom")
 TARGETS = ("width", "height", "aspect")
+_REPAINTS = ("inpaint", "outpaint", "upscale")
 _ONLY = {"mask": ("inpaint", "upscale"), "original": ("upscale",), "extend": ("outpaint",), "fill": ("outpaint",),
-         "blend": ("inpaint",), "from_stage": ("upscale",), "strength": ("img2img", "inpaint", "upscale")}
+         "fit": ("outpaint",), "blend": _REPAINTS, "resample": _REPAINTS, "from_stage": ("upscale",)}
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,10 @@ class EditRequest:
     strength: float | None = None      # in (0, 1]: how far into the noise the image goes (1 = all the way)
     extend: dict | None = None         # outpaint: pixels per side {left,right,top,bottom}, or {width,height}
                                        # / {aspect: "16:9"} (centred); resolved to the four sides
-    fill: str | None = None            # outpaint: how the new area starts (editing.outpaint's names)
-    blend: str | None = None           # inpaint: how the kept area is put back each step (editing.inpaint's)
+    fill: str | None = None            # outpaint: how the new area starts: edge | reflect | gray
+    fit: str | None = None             # outpaint: a canvas the U-Nets cannot take: round (and crop) | refuse
+    blend: str | None = None           # how the kept area is put back each step: keep_known (IF's) | repaint
+    resample: int | None = None        # blend="repaint": redo every step this many times (RePaint)
     from_stage: int | None = None      # upscale: the first stage to run (default 1: enlarge with stage 1)
     negative_prompt: str | None = None
     seed: int = 0
@@ -191,6 +194,9 @@ class EditRequest:
         if self.strength is not None and (isinstance(self.strength, bool) or not isinstance(self.strength, (int, float))
                                           or not 0 < self.strength <= 1):
             raise ValueError(f"strength must be in (0, 1] (small keeps the image, 1 redraws it), got {self.strength!r}")
+        if self.resample is not None and (isinstance(self.resample, bool) or not isinstance(self.resample, int)
+                                          or self.resample < 1):
+            raise ValueError(f"resample must be a whole number >= 1 (1 = no resampling), got {self.resample!r}")
         if self.from_stage is not None and (isinstance(self.from_stage, bool) or not isinstance(self.from_stage, int)
                                             or self.from_stage < 1):
             raise ValueError(f"from_stage must be a stage index >= 1 (0 draws from text), got {self.from_stage!r}")
@@ -294,16 +300,19 @@ def run_edit(request: EditRequest, *, cascade=None, device: str = "cpu", offload
     kw = dict(steps=req.steps, guidance=req.guidance, sampler=req.sampler, noise_level=req.noise_level,
               seed=req.seed, num_images=req.num_images, negative_prompt=req.negative_prompt, stop_at=req.stop_at,
               device=device, offload=offload, progress=progress, callback=callback)
-    given = lambda **options: {k: v for k, v in options.items() if v is not None}  # None: the library's default
+    # None: the library's default (so a request names only what differs from it)
+    kw.update({k: v for k, v in dict(strength=req.strength, blend=req.blend, resample=req.resample).items()
+               if v is not None})
     if req.mode == "img2img":
-        out = editing.img2img(cascade, image, req.prompt, **given(strength=req.strength), **kw)
+        out = editing.img2img(cascade, image, req.prompt, **kw)
     elif req.mode == "inpaint":
-        out = editing.inpaint(cascade, image, mask, req.prompt, **given(strength=req.strength, blend=req.blend), **kw)
+        out = editing.inpaint(cascade, image, mask, req.prompt, **kw)
     elif req.mode == "outpaint":
-        out = editing.outpaint(cascade, image, req.prompt, **req.extend, **given(fill=req.fill), **kw)
+        shape = {k: v for k, v in dict(fill=req.fill, fit=req.fit).items() if v is not None}
+        out = editing.outpaint(cascade, image, req.prompt, **req.extend, **shape, **kw)
     else:
-        out = editing.upscale(cascade, image, req.prompt, from_stage=req.from_stage,
-                              **given(strength=req.strength, mask=mask, original=original), **kw)
+        extra = {k: v for k, v in dict(mask=mask, original=original).items() if v is not None}
+        out = editing.upscale(cascade, image, req.prompt, from_stage=req.from_stage, **extra, **kw)
     return GenerateResult(images=out.images, prompts=out.prompts, request=req,
                           first_stage=req.stop_at - len(out.images))
 

@@ -115,7 +115,8 @@ def cmd_edit(args) -> int:
         raise ValueError("outpainting masks the new border itself; give --mask (inpaint) or --extend (outpaint), not both")
     mode = "inpaint" if args.mask is not None else "outpaint" if args.extend is not None else "img2img"
     request = api.EditRequest(mode=mode, image=args.image, prompt=args.prompt, mask=args.mask, strength=args.strength,
-                              extend=args.extend, fill=args.fill, blend=args.blend, **_sampling(args))
+                              extend=args.extend, fill=args.fill, fit=args.fit, blend=args.blend,
+                              resample=args.resample, **_sampling(args))
     return _run(request, args)
 
 
@@ -129,7 +130,7 @@ def cmd_upscale(args) -> int:
     _check_prompts(args.prompt, 'openimagen upscale small.png "a red circle"')
     request = api.EditRequest(mode="upscale", image=args.image, prompt=args.prompt, mask=args.mask,
                               original=args.original, strength=args.strength, from_stage=args.from_stage,
-                              **_sampling(args))
+                              blend=args.blend, resample=args.resample, **_sampling(args))
     return _run(request, args)
 
 
@@ -242,6 +243,14 @@ def _add_run_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", required=True, help=out_help)
 
 
+def _add_blend_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blend", default=None,
+                   help="with a mask: keep_known (default; IF's: the kept area is the input after every step) or "
+                        "repaint (RePaint: the kept area re-noised to each step's level)")
+    p.add_argument("--resample", type=_positive_int("--resample"), default=None,
+                   help="with --blend repaint: redo every step N times (RePaint's resampling; slower, fewer seams)")
+
+
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     """What generate, edit and upscale share: the model, the sampling, the output."""
     p.add_argument("--from-png", default=None, metavar="FILE",
@@ -291,9 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--mask", default=None, metavar="MASK", help="inpaint: white = repaint, black = keep")
     ed.add_argument("--extend", type=_extend_arg, default=None, metavar="SPEC",
                     help="outpaint: left=32,right=32 (pixels per side) or width=W,height=H or aspect=16:9 (centred)")
-    ed.add_argument("--fill", default=None, help="outpaint: how the new border starts (default: the library's)")
-    ed.add_argument("--blend", default=None, help="inpaint: how the kept area is put back after each step "
-                                                  "(default: IF's, the known pixels as they are)")
+    ed.add_argument("--fill", default=None, help="outpaint: what the new area starts as: edge (default), reflect, gray")
+    ed.add_argument("--fit", default=None, help="outpaint: a canvas the U-Nets cannot take is grown and cropped "
+                                                "back (round, the default) or refused naming valid sizes (refuse)")
+    _add_blend_options(ed)
     _add_sampling_options(ed)
     ed.set_defaults(func=cmd_edit)
 
@@ -309,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --original: how far it is noised, in (0, 1] (default: IF's, 0.8)")
     up.add_argument("--mask", default=None, metavar="MASK",
                     help="repaint only the white area while enlarging (inpainting-SR); the size of --original")
+    _add_blend_options(up)
     _add_sampling_options(up)
     up.set_defaults(func=cmd_upscale)
 

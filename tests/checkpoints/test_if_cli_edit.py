@@ -55,7 +55,7 @@ def _png(path, size, seed, mask=False):
 def _ours(capsys, out, *argv):
     assert main(["-q", "--threads", "1", *argv, "--seed", "0", "--out", str(out)]) == 0, capsys.readouterr().err
     last = sorted(out.glob("*.png"))[-1]
-    return torch.from_numpy(np.asarray(Image.open(last).convert("RGB"))).permute(2, 0, 1).float()[None] / 127.5 - 1
+    return torch.from_numpy(np.array(Image.open(last).convert("RGB"))).permute(2, 0, 1).float()[None] / 127.5 - 1
 
 
 def _check(ours, ref, what):
