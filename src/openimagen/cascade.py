@@ -106,6 +106,7 @@ class Cascade(torch.nn.Module):
         height: int | Sequence[int | None] | None = None,
         width: int | Sequence[int | None] | None = None,
         image: Tensor | None = None,
+        first_stage: int | None = None,
         seed: int = 0,
         stop_at: int | None = None,
         text_embeds: tuple[Tensor, Tensor] | None = None,
@@ -122,9 +123,11 @@ class Cascade(torch.nn.Module):
         stage's default). `steps` entries are a count, a named IF list ("smart50", "fast27", ...) or an
         explicit descending timestep list. `height`/`width` given as one int size the *last* stage run
         (earlier stages keep their resolution); give lists to size each stage. `image` (B, 3, h, w) in
-        [-1, 1] skips stage 0: the cascade starts by enlarging it. `device` is where sampling runs; with
-        `offload=True` each model (text encoder, then each stage) sits there only while it runs and goes
-        back to its own device afterwards, so a cascade bigger than the accelerator's memory still runs.
+        [-1, 1] skips stage 0: the cascade starts by enlarging it (`first_stage=k` starts at stage k instead,
+        with `image` as its low-res input; None = stage 1 with an image, stage 0 without). `device` is
+        where sampling runs; with `offload=True` each model (text encoder, then each stage) sits there only
+        while it runs and goes back to its own device afterwards, so a cascade bigger than the accelerator's
+        memory still runs.
         `noise_level` is the low-res noise augmentation of super-resolution stages (their
         `lowres_schedule`'s units). `callback(step)` runs after every sampling step with a
         `diffusion.Step` whose `stage` is set (x_t, x, x0_hat: previews); returning False stops the run
@@ -132,7 +135,7 @@ class Cascade(torch.nn.Module):
         is where editing puts its per-stage start state, denoiser wrappers and after-step hook (editing.py).
         """
         n = len(self.stages) if stop_at is None else stop_at
-        first = 0 if image is None else 1
+        first = _first_stage(first_stage, image, len(self.stages))
         if not first < n <= len(self.stages):
             raise ValueError(f"stop_at={stop_at} is outside {first + 1}..{len(self.stages)}")
         prompts = check_prompts(prompts)
@@ -227,6 +230,21 @@ class Cascade(torch.nn.Module):
     ) -> "Cascade":
         encoder, stages = model_folder.load(folder, text_encoder=text_encoder, device=device, dtype=dtype)
         return cls(encoder, stages)
+
+
+def _first_stage(first_stage: int | None, image: Tensor | None, total: int) -> int:
+    """Where the cascade starts: stage 0 from text, or a super-resolution stage from a given image."""
+    if first_stage is None:
+        return 0 if image is None else 1
+    if isinstance(first_stage, bool) or not isinstance(first_stage, int) or not 0 <= first_stage < total:
+        raise ValueError(f"first_stage={first_stage!r} is not a stage of this {total}-stage cascade; "
+                         f"give 0..{total - 1}")
+    if first_stage == 0 and image is not None:
+        raise ValueError("stage 0 draws from the text alone, so first_stage=0 takes no image; start at a "
+                         "super-resolution stage (first_stage >= 1) or edit the image (editing.img2img)")
+    if first_stage > 0 and image is None:
+        raise ValueError(f"first_stage={first_stage} starts from a given low-res image: pass image=")
+    return first_stage
 
 
 def _device_of(module) -> torch.device | None:

@@ -1,0 +1,90 @@
+"""The README section and table of bench_imagen_pytorch.py, rendered from its results JSON."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import replace_section  # noqa: E402
+
+SECTION = "## Training throughput and generation vs imagen-pytorch"
+
+
+def table(res: dict) -> str:
+    tr, ge, fl, m = res["training"], res["generation"], res["flops"], res["models"]
+    B = res["setup"]["batch"]
+    k1, k2 = ge["peer"]["timed_steps"]
+    peer_how = ("measured" if ge["peer"]["measured_1000_s"] is not None
+                else f"extrapolated linearly from timed {k1}- and {k2}-step runs")
+    s = ge["ours"]["settings"]
+    lines = [
+        f"Measured {res['date']} on {res['machine']['cpu']} ({res['machine']['logical_cpus']} logical CPUs), "
+        f"torch threads per side: {res['threads']['ours']}, sides run alternately (ABAB, medians); load average "
+        f"{res['machine']['load_avg_before'][0]:.2f} before, {res['machine']['load_avg_after'][0]:.2f} after "
+        f"(the machine is shared, so expect noise). torch {res['machine']['torch_ours']} (ours), "
+        f"{res['machine']['torch_peer']} (imagen-pytorch {res['machine']['imagen_pytorch']}).",
+        "",
+        f"U-Nets: ours `shapes-base` {m['ours']['params']:,} parameters; imagen-pytorch `Unet("
+        + ", ".join(f"{k}={v}" for k, v in m["peer"]["unet_kwargs"].items()) + f")` {m['peer']['params']:,} "
+        f"({100 * (m['peer']['param_ratio_peer_over_ours'] - 1):+.1f}%). 32 px, batch {B}, "
+        f"{res['setup']['text_len']} text tokens of width {res['setup']['text_dim']}.",
+        "",
+        "| measurement | ours | imagen-pytorch | ratio |",
+        "|---|---|---|---|",
+        f"| training, images/s (bf16 autocast ours; peer fp32 / bf16) | {tr['ours_bf16']['images_per_s']:.1f} "
+        f"| {tr['peer_fp32']['images_per_s']:.1f} / {tr['peer_bf16']['images_per_s']:.1f} "
+        f"| **{tr['ratio_ours_bf16_over_peer_best']:.2f}x** vs the peer's faster (floor 1.5x) |",
+        f"| training, images/s, both fp32 | {tr['ours_fp32']['images_per_s']:.1f} | {tr['peer_fp32']['images_per_s']:.1f} "
+        f"| {tr['ours_fp32']['images_per_s'] / tr['peer_fp32']['images_per_s']:.2f}x |",
+        f"| training step FLOPs (forward + backward) | {fl['ours_train_step'] / 1e9:.1f} G | "
+        f"{fl['peer_train_step_fp32'] / 1e9:.1f} G | {fl['peer_train_step_fp32'] / fl['ours_train_step']:.2f}x fewer ours |",
+        f"| 4 guided images at 32 px, s (ours fp32 / bf16: {s['sampler']} {s['steps']} steps, guidance {s['guidance']}; "
+        f"peer 1000 steps, cond_scale {ge['peer']['cond_scale']}, {peer_how}) "
+        f"| {ge['ours']['fp32_s_median']:.2f} / {ge['ours']['bf16_s_median']:.2f} | {ge['peer']['seconds_used']:.0f} "
+        f"| **{ge['ratio_peer_over_ours_fp32']:.0f}x** / {ge['ratio_peer_over_ours_bf16']:.0f}x faster (floor 50x) |",
+        f"| our training FLOP utilisation (bf16) | {fl['ours_achieved_flops_per_s'] / 1e9:.0f} GFLOP/s achieved "
+        f"/ {fl['matmul_peak_bf16']['flops_per_s'] / 1e9:.0f} GFLOP/s matmul peak = "
+        f"**{100 * fl['utilisation_bf16']:.0f}%** | | |",
+    ]
+    return "\n".join(lines)
+
+
+def notes(res: dict) -> str:
+    ge, m = res["generation"], res["models"]
+    pe = ge["peer"]
+    return "\n".join([
+        "How it is measured:",
+        f"- One command runs both systems; ours in this process, imagen-pytorch in its own venv behind a pipe. They "
+        f"take turns (training: {res['setup']['rounds']} rounds x {res['setup']['steps_per_round']} timed steps per "
+        "side after warm-up; generation: 3 rounds), never at once, each with `torch.set_num_threads` = the stated "
+        "count. One thread is the default because this 2-core machine is shared: 2-thread steps stalled 5-10x "
+        "whenever another process took a core (`--threads 2` on a quiet machine).",
+        "- Training step, ours: the trainer's own `train.loop.stage_loss` for stage 0 of `shapes-small` (v-prediction, "
+        "cosine schedule shifted by -3 in log-SNR, plain MSE, the text-layout loss, caption dropout 0.1) and backward under bf16 autocast, gradient clipping at 1.0, "
+        "AdamW; imagen-pytorch: `Imagen(...)(images, text_embeds=, text_masks=)` (its defaults: eps objective, cosine, "
+        "min-SNR 5, cond_drop_prob 0.1), backward, Adam with ImagenTrainer's defaults; its bf16 row is the same under "
+        "`torch.autocast` (what `ImagenTrainer(precision=\"bf16\")` does through accelerate). EMA is left out on "
+        "both sides. The ratio compares our bf16 step with the peer's faster precision.",
+        f"- The peer's U-Net is the closest parameter count on a grid of dim x dim_mults x num_resnet_blocks, with "
+        f"attention at the same levels as ours; `max_text_len` is set to the text length (its default of 256 pads "
+        f"every prompt to 256 tokens). Both have about the same FLOPs per step, so the throughput ratio is "
+        f"implementation efficiency, not model size.",
+        f"- Generation: untrained weights, with every all-zero tensor (zero-initialised output layers) filled with "
+        f"small noise on both sides so no work is trivial. Ours: `Cascade.generate(stop_at=1)` with the settings of "
+        f"{ge['ours']['settings_source']}, one batched pass over [uncond; cond] per step, in fp32 (the default) and "
+        f"bf16 autocast. imagen-pytorch: `Imagen.sample(text_embeds=, text_masks=, cond_scale=)` at its default 1000 "
+        f"steps; the time is {pe['how']} ({pe['per_step_s']:.3f} s per step + {pe['fixed_s']:.2f} s fixed)"
+        + (f"; a measured 1000-step run took {pe['measured_1000_s']:.0f} s." if pe["measured_1000_s"] else "."),
+        "- FLOP utilisation: FLOPs of our bf16 training step counted by `torch.utils.flop_counter.FlopCounterMode` "
+        "(matmuls, convolutions, attention; forward + backward), over the median step time, divided by the best "
+        "single square bf16 `torch.matmul` (512-2048) at the same thread count. Step times are medians that include "
+        "moments when other processes hold the core, so on a loaded machine the utilisation is understated.",
+    ])
+
+
+def write_readme(path: Path, res: dict) -> None:
+    body = (f"{SECTION}\n\n{table(res)}\n\n{notes(res)}\n\nReproduce (about {res['elapsed_s'] / 60:.0f} minutes on 2 "
+            f"cores; needs `../shared/peers/imagen_pytorch.sh` once):\n\n```\n{res['command'].strip()}\n```\n\n"
+            f"Raw timings, configs and the parameter search: `benchmarks/results/imagen_pytorch.json`. "
+            f"`--render` rewrites this section from that file without measuring.\n")
+    replace_section(path, SECTION, body)
