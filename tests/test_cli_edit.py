@@ -1,8 +1,7 @@
 """`openimagen edit` / `upscale` and EditRequest: JSON, every bad input as one line with exit code 2 and
-nothing written, help examples that parse; and (once editing.py exists) edits end to end on the bundled
-model, reproduced bit for bit from their PNGs."""
+nothing written, help examples that parse; edits end to end on the bundled model, reproduced bit for bit
+from their PNGs; the defaults run_edit resolves are the editing library's."""
 import dataclasses
-import importlib.util
 import json
 import random
 import shlex
@@ -14,12 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from openimagen import api, images
+from openimagen import api, edit_request, images
 from openimagen.cli import build_parser, main
 
-# Tests that run an edit need the editing library (src/openimagen/editing.py, built in parallel).
-needs_editing = pytest.mark.skipif(importlib.util.find_spec("openimagen.editing") is None,
-                                   reason="needs openimagen.editing (the editing library)")
 FAST = ["-q", "--threads", "1"]
 
 
@@ -117,30 +113,31 @@ def test_bad_edit_json(data, match):
     ({"aspect": "16/9"}, {"left": 25, "right": 25, "top": 0, "bottom": 0}),       # 114 x 64
 ])
 def test_extend_resolves_to_four_sides(extend, sides):
-    assert api.sides_for(extend, 64, 64) == sides
+    assert edit_request.sides_for(extend, 64, 64) == sides
 
 
-@pytest.mark.parametrize("extend,match", [({"width": 50}, "only grows the canvas"),
-                                          ({"aspect": "1:1"}, "already has aspect 1:1")])
+@pytest.mark.parametrize("extend,match", [({"width": 50}, "smaller than the image.*outpainting only extends"),
+                                          ({"aspect": "1:1"}, "already has aspect 1:1"),
+                                          ({"width": 64, "height": 64}, "already has the size 64x64")])
 def test_extend_that_shrinks_or_changes_nothing(extend, match):
     with pytest.raises(ValueError, match=match):
-        api.sides_for(extend, 64, 64)
+        edit_request.sides_for(extend, 64, 64)
 
 
 def test_resolve_inputs_stores_absolute_paths_hashes_and_sides(scene, monkeypatch):
     image, mask = scene
     monkeypatch.chdir(image.parent)
-    req = api.resolve_inputs(api.EditRequest(mode="outpaint", image="scene.png", prompt=["a"], extend={"width": 96}))
+    req = edit_request.resolve_inputs(api.EditRequest(mode="outpaint", image="scene.png", prompt=["a"], extend={"width": 96}))
     assert req.image == str(image.resolve()) and req.extend == {"left": 16, "right": 16, "top": 0, "bottom": 0}
     assert req.sha256 == {"image": images.file_sha256(image)}
     stored = api.EditRequest(mode="inpaint", image=str(image), mask="mask.png", prompt=["a"],
                              sha256={"image": "0" * 64, "mask": images.file_sha256(mask)})
-    assert api.resolve_inputs(stored).sha256["image"] == "0" * 64  # a stored hash is kept, to be checked on load
+    assert edit_request.resolve_inputs(stored).sha256["image"] == "0" * 64  # a stored hash is kept, to be checked on load
 
 
 def test_edit_pngs_carry_the_request_and_are_named_by_their_stage(scene, tmp_path):
     image, _ = scene
-    req = api.resolve_inputs(api.EditRequest(mode="upscale", image=str(image), prompt=["a red circle"],
+    req = edit_request.resolve_inputs(api.EditRequest(mode="upscale", image=str(image), prompt=["a red circle"],
                                              from_stage=1, stop_at=2))
     result = api.GenerateResult(images=[torch.zeros(1, 3, 8, 16)], prompts=["a red circle"], request=req, first_stage=1)
     (path,) = api.write_pngs(result, tmp_path / "out")
@@ -197,7 +194,7 @@ def test_missing_mask(capsys, scene, tmp_path):
     (["--extend", "left=-3"], ["left=-3", "whole number of pixels"]),
     (["--extend", "left"], ["SIDE=PIXELS"]),
     (["--extend", "left=0,right=0"], ["nothing to outpaint"]),
-    (["--extend", "width=32"], ["only grows the canvas", "larger than 64x64"]),
+    (["--extend", "width=32"], ["smaller than the image 64x64", "outpainting only extends"]),
     (["--extend", "aspect=1:1"], ["already has aspect"]),
     (["--extend", "aspect=wide"], ["not a ratio", "16:9"]),
     (["--extend", "right=32", "--mask", "MASK"], ["--mask (inpaint) or --extend (outpaint), not both"]),
@@ -241,7 +238,7 @@ def test_upscale_needs_a_stage_that_can_take_the_image(capsys, scene, tmp_path, 
 
 def _stored_edit_png(scene, folder):
     """A PNG carrying an edit request, as `openimagen edit` writes it (pixels made up: no model runs)."""
-    req = api.resolve_inputs(api.EditRequest(mode="img2img", image=str(scene[0]), prompt=["a red circle"],
+    req = edit_request.resolve_inputs(api.EditRequest(mode="img2img", image=str(scene[0]), prompt=["a red circle"],
                                              strength=0.5))
     result = api.GenerateResult(images=[torch.zeros(1, 3, 8, 8)], prompts=req.prompt, request=req)
     return api.write_pngs(result, folder)[0]
@@ -311,7 +308,6 @@ def _pixels(path):
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
 
 
-@needs_editing
 @pytest.mark.parametrize("mode_args,mode", [
     (["--strength", "0.6"], "img2img"),
     (["--mask", "MASK", "--blend", "keep_known"], "inpaint"),
@@ -338,7 +334,6 @@ def test_edit_end_to_end_and_from_png_bitwise(capsys, scene, tmp_path, mode_args
         assert (b / f.name).read_bytes() == f.read_bytes() == (c / f.name).read_bytes(), f.name
 
 
-@needs_editing
 def test_inpainting_keeps_the_unmasked_pixels_of_the_input(capsys, scene, tmp_path):
     # IF's semantics (keep_known): the known region is the input itself after every step; at the stage whose
     # size is the input's (64 px) the unmasked pixels come back as they were, up to the PNG rounding.
@@ -351,7 +346,6 @@ def test_inpainting_keeps_the_unmasked_pixels_of_the_input(capsys, scene, tmp_pa
     assert (got[:, :32] - want[:, :32]).abs().max() > 0.1                # repainted (top half)
 
 
-@needs_editing
 def test_upscale_end_to_end_and_from_png(capsys, scene, tmp_path):
     small = tmp_path / "small.png"
     Image.open(scene[0]).resize((32, 32), Image.Resampling.BICUBIC).save(small)
@@ -371,29 +365,72 @@ def test_upscale_end_to_end_and_from_png(capsys, scene, tmp_path):
     assert json.loads(Image.open(tmp_path / "c" / png.name).text[api.PNG_KEY])["request"]["image"] == str(moved)
 
 
-@needs_editing
-def test_run_edit_means_what_the_library_means(scene):
-    from openimagen import editing
+@pytest.fixture(scope="module")
+def bundled():
     from openimagen.load import load_model
 
-    cascade = load_model(None)
-    req = api.EditRequest(mode="img2img", image=str(scene[0]), prompt=["a red circle"], strength=0.5, steps=4, seed=2)
-    result = api.run_edit(req, cascade=cascade, progress=False)
-    direct = editing.img2img(cascade, images.load_image(scene[0]), ["a red circle"], strength=0.5, steps=4, seed=2,
-                             progress=False)
-    for x, y in zip(result.images, direct.images):
-        assert torch.equal(x, y)
-    again = api.run_edit(api.EditRequest.from_json(result.request.to_json()), cascade=cascade, progress=False)
-    assert all(torch.equal(x, y) for x, y in zip(result.images, again.images))
-    assert dataclasses.asdict(result.request)["stop_at"] == 2
+    return load_model(None)
 
 
-@needs_editing
-def test_an_outpaint_size_the_unets_cannot_take_is_rounded_or_named(capsys, scene, tmp_path):
-    code, err = run_cli(capsys, *FAST, "edit", str(scene[0]), "a red circle", "--extend", "right=1", "--steps", "2",
-                        "--out", str(tmp_path / "o"))
-    if code == 2:  # refused: the message names sizes that work
-        one_line_error(code, err, "valid")
-        assert not (tmp_path / "o").exists()
-    else:          # rounded up inside, the crop undone at the end
-        assert code == 0 and Image.open(_pngs(tmp_path / "o")[-1]).size == (65, 64)
+@pytest.mark.parametrize("mode", ["img2img", "inpaint", "outpaint", "upscale", "upscale-original", "upscale-mask"])
+def test_run_edit_resolves_the_librarys_defaults(scene, bundled, mode):
+    # run_edit runs the library with the values it resolved; they must be the ones the library picks itself.
+    from openimagen import editing
+
+    image, mask = scene
+    x, m = images.load_image(image), images.load_mask(mask)
+    kw = dict(steps=4, seed=2, progress=False)
+    base = dict(image=str(image), prompt=["a red circle"], steps=4, seed=2)
+    req, direct = {
+        "img2img": (dict(mode="img2img"), lambda: editing.img2img(bundled, x, ["a red circle"], **kw)),
+        "inpaint": (dict(mode="inpaint", mask=str(mask)), lambda: editing.inpaint(bundled, x, m, ["a red circle"], **kw)),
+        "outpaint": (dict(mode="outpaint", extend={"right": 64}),
+                     lambda: editing.outpaint(bundled, x, ["a red circle"], right=64, **kw)),
+        "upscale": (dict(mode="upscale"), lambda: editing.upscale(bundled, x, ["a red circle"], **kw)),
+        "upscale-original": (dict(mode="upscale", original=str(image)),
+                             lambda: editing.upscale(bundled, x, ["a red circle"], original=x, **kw)),
+        "upscale-mask": (dict(mode="upscale", original=str(image), mask=str(mask)),
+                         lambda: editing.upscale(bundled, x, ["a red circle"], original=x, mask=m, **kw)),
+    }[mode]
+    result = api.run_edit(api.EditRequest(**base, **req), cascade=bundled, progress=False)
+    want = direct()
+    assert len(result.images) == len(want.images)
+    assert all(torch.equal(a, b) for a, b in zip(result.images, want.images))
+    r = result.request
+    first = 1 if mode.startswith("upscale") else 0
+    s0, s1 = (s.config for s in bundled.stages)
+    assert r.stop_at == 2 and r.steps == [None] * first + [4] * (2 - first)
+    assert r.sampler == [None] * first + [s0.sampler, s1.sampler][first:]
+    assert r.noise_level == [None, float(s1.lowres_aug)] and r.guidance[1] == float(s1.guidance)
+    assert (r.strength is None) == (mode == "upscale")  # plain super-resolution starts from noise
+    repaints = mode in ("inpaint", "outpaint", "upscale-mask")
+    assert (r.blend, r.resample) == (("keep_known", 1) if repaints else (None, None))
+    assert (r.fill, r.fit) == (("edge", "round") if mode == "outpaint" else (None, None))
+    again = api.run_edit(api.EditRequest.from_json(r.to_json()), cascade=bundled, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(result.images, again.images)) and again.request == r
+
+
+def test_an_outpaint_size_the_unets_cannot_take_is_rounded_or_refused(capsys, scene, tmp_path):
+    argv = [*FAST, "edit", str(scene[0]), "a red circle", "--extend", "right=1", "--steps", "2"]
+    code, err = run_cli(capsys, *argv, "--fit", "refuse", "--out", str(tmp_path / "no"))
+    one_line_error(code, err, "64x65", "nearest valid canvas sizes: 64x64, 64x72")
+    assert not (tmp_path / "no").exists()
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 0  # fit=round: a larger canvas, cropped back
+    assert Image.open(_pngs(tmp_path / "o")[-1]).size == (65, 64)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--extend", "right=8", "--fill", "plaid"], ["unknown fill 'plaid'", "edge"]),
+    (["--mask", "MASK", "--blend", "smudge"], ["unknown blend 'smudge'", "keep_known", "repaint"]),
+    (["--mask", "MASK", "--resample", "3"], ["resample=3 needs blend='repaint'"]),
+    (["--strength", "0.1", "--steps", "5"], ["runs no step", "raise the strength or the steps"]),
+    (["--mask", "DOT"], ["the mask covers no pixel at stage 0's size 32x32", "larger"]),
+])
+def test_bad_input_the_library_finds_is_one_line_too(capsys, scene, tmp_path, args, needles):
+    dot = np.zeros((64, 64), np.uint8)
+    dot[10, 10] = 255  # one pixel: gone once resized to the 32 px base stage
+    Image.fromarray(dot).save(tmp_path / "dot.png")
+    args = [{"MASK": str(scene[1]), "DOT": str(tmp_path / "dot.png")}.get(a, a) for a in args]
+    code, err = run_cli(capsys, *FAST, "edit", str(scene[0]), "a red circle", *args, "--out", str(tmp_path / "out"))
+    one_line_error(code, err, *needles)
+    assert not (tmp_path / "out").exists()

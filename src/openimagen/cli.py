@@ -147,7 +147,7 @@ def _strength_arg(s: str) -> float:
 
 def _extend_arg(s: str) -> dict:
     """--extend left=32,right=32 | width=96,height=64 | aspect=16:9 -> a dict (api.check_extend checks the rest)."""
-    from .api import SIDES, TARGETS
+    from .edit_request import SIDES, TARGETS
 
     out = {}
     for part in filter(None, (p.strip() for p in s.split(","))):
@@ -265,7 +265,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default=None, help="what the image should not show")
     p.add_argument("--noise-level", type=float, default=None,
                    help="noise augmentation of the low-res image in super-resolution stages, in the stage's own "
-                        "units (IF: 0-999, default 250)")
+                        "units (IF: 0-999, default 250; 0 for IF's inpainting super-resolution)")
     p.add_argument("--offload", action="store_true",
                    help="keep models on the CPU; move each to --device only while it runs (the IF cascade in 16 GB)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")

@@ -2,18 +2,15 @@
 
 The inputs are PNG files (what a user has); diffusers gets the same pixels as tensors, so neither side
 resizes (the tiny stages are 16 and 32 px). Our output is a PNG, so the bound is the 1e-3 parity tolerance
-plus half an 8-bit level. Every option is given explicitly: the defaults are the library's to test.
+plus half an 8-bit level. The parity runs give every option explicitly; the last test checks that the
+defaults `run_edit` resolves (and writes into the PNG) are those of diffusers' IF pipelines.
 """
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 diffusers = pytest.importorskip("diffusers")
-if importlib.util.find_spec("openimagen.editing") is None:
-    pytest.skip("needs openimagen.editing (the editing library)", allow_module_level=True)
 from tiny_if import write_checkpoints  # noqa: E402
 
 from openimagen.cli import main  # noqa: E402
@@ -142,3 +139,39 @@ def test_cli_inpaint_upscale_matches_ifinpaintingsuperresolutionpipeline(tiny, t
                  "--model", tiny["d1"], "--sr", tiny["d2"], "--steps", str(steps), "--guidance", str(guidance),
                  "--noise-level", "0")
     _check(ours, ref, f"inpainting-SR {steps} steps")
+
+
+@pytest.fixture(scope="module")
+def ours(tiny):
+    from openimagen.checkpoints.deepfloyd_if import load_if_cascade
+
+    return load_if_cascade(tiny["d1"], sr=tiny["d2"])
+
+
+@pytest.mark.parametrize("mode,defaults", [
+    # diffusers' defaults: IFImg2ImgPipeline then IFImg2ImgSuperResolutionPipeline
+    ("img2img", dict(strength=[0.7, 0.8], steps=[80, 50], guidance=[10.0, 4.0], noise_level=[None, 250.0])),
+    # IFInpaintingPipeline then IFInpaintingSuperResolutionPipeline
+    ("inpaint", dict(strength=[1.0, 0.8], steps=[50, 100], guidance=[7.0, 4.0], noise_level=[None, 0.0])),
+    # IFInpaintingSuperResolutionPipeline on a user's image
+    ("upscale", dict(strength=[None, 0.8], steps=[None, 100], guidance=[None, 4.0], noise_level=[None, 0.0])),
+])
+def test_resolved_edit_defaults_are_ifs(ours, tmp_path, mode, defaults):
+    from openimagen import api, editing, images
+
+    x = _png(tmp_path / "in.png", 32, seed=8)
+    m = _png(tmp_path / "mask.png", 32, seed=0, mask=True)
+    low = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", antialias=True)
+    fields = dict(mode=mode, image=str(tmp_path / "in.png"), prompt=[PROMPT], mask=str(tmp_path / "mask.png"))
+    if mode == "upscale":
+        Image.fromarray(((low[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(tmp_path / "low.png")
+        fields.update(image=str(tmp_path / "low.png"), original=str(tmp_path / "in.png"))
+        low = images.load_image(tmp_path / "low.png")
+    if mode == "img2img":
+        del fields["mask"]
+    result = api.run_edit(api.EditRequest(**fields), cascade=ours, progress=False)
+    got = {k: getattr(result.request, k) for k in defaults}
+    assert got == defaults and result.request.sampler[-1] == "ddpm"
+    if mode == "upscale":  # the mode with the most rules (tests/test_cli_edit.py compares every mode on ours)
+        direct = editing.upscale(ours, low, [PROMPT], original=x, mask=m, progress=False)
+        assert all(torch.equal(a, b) for a, b in zip(result.images, direct.images))
