@@ -47,7 +47,7 @@ def test_resolve_fills_every_default_from_the_model(bundled):
     s0, s1 = (s.config for s in bundled.stages)
     assert req.steps == [s0.steps, s1.steps] and req.sampler == [s0.sampler, s1.sampler]
     assert req.guidance == [s0.guidance, 1.5]
-    assert req.noise_level == [None, s1.lowres_aug]  # the base stage has no low-res input
+    assert req.noise_level == [None, s1.noise_level]  # the base stage has no low-res input
     assert req.height == req.width == [s0.resolution, s1.resolution] and req.stop_at == 2
     assert api.resolve(bundled, req) == req  # resolving is idempotent
 

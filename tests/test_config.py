@@ -90,12 +90,25 @@ def test_stage_config_unet_is_typed_and_legacy_folders_still_read():
     from openimagen.stage import StageConfig
 
     assert UNetConfig is EfficientUNetConfig  # the old name still imports
-    cfg = StageConfig(resolution=16, unet=PRESETS["tiny"](layout_grid=4))
+    from openimagen.nn.layout import TextLayoutConfig
+
+    cfg = StageConfig(resolution=16, unet=PRESETS["tiny"](extras=(TextLayoutConfig(grid=4),)), noise_level=0.3)
     data = to_dict(cfg)
     assert data["unet"]["kind"] == "efficient" and "unet_kind" not in data
-    assert from_dict(StageConfig, data) == cfg and cfg.unet_kind == "efficient" and cfg.layout_grid == 4
+    assert data["unet"]["extras"] == [{"kind": "layout", "grid": 4, "layers": 2}]
+    assert from_dict(StageConfig, data) == cfg and cfg.unet_kind == "efficient" and cfg.extras[0].grid == 4
     legacy = dict(data, unet={k: v for k, v in data["unet"].items() if k != "kind"}, unet_kind="efficient")
     assert from_dict(StageConfig, legacy) == cfg
+    # older still: the text layout as two U-Net fields, the noise level as lowres_aug
+    unet = {k: v for k, v in data["unet"].items() if k != "extras"}
+    older = {k: v for k, v in data.items() if k != "noise_level"}
+    assert from_dict(StageConfig, dict(older, lowres_aug=0.3, unet=dict(unet, layout_grid=4, layout_layers=2))) == cfg
+    plain = StageConfig(resolution=16, unet=PRESETS["tiny"](), noise_level=0.3)
+    assert from_dict(StageConfig, dict(older, lowres_aug=0.3, unet=dict(unet, layout_grid=0, layout_layers=2))) == plain
+    with pytest.raises(ConfigError, match="'lowres_aug' is the old name of 'noise_level'"):
+        from_dict(StageConfig, dict(data, lowres_aug=0.3))
+    with pytest.raises(ConfigError, match="give the text layout once"):
+        from_dict(StageConfig, dict(data, unet=dict(data["unet"], layout_grid=4)))
     with pytest.raises(ConfigError, match=r"unknown kind 'clip'; valid kinds are \['efficient', 'if'\]"):
         from_dict(StageConfig, dict(data, unet=dict(data["unet"], kind="clip")))
     with pytest.raises(ConfigError, match="StageConfig.unet must be one of"):

@@ -113,10 +113,10 @@ class Capture(torch.nn.Module):
         super().__init__()
         self.unet, self.calls = unet, []
 
-    def forward(self, x, time, text_embeds, text_mask, lowres=None, lowres_t=None):
+    def forward(self, x, time, text_embeds, text_mask, lowres=None, noise_level=None):
         self.calls.append(dict(x=x, time=time, text_embeds=text_embeds, text_mask=text_mask,
-                               lowres=lowres, lowres_t=lowres_t))
-        return self.unet(x, time, text_embeds, text_mask, lowres=lowres, lowres_t=lowres_t)
+                               lowres=lowres, noise_level=noise_level))
+        return self.unet(x, time, text_embeds, text_mask, lowres=lowres, noise_level=noise_level)
 
 
 def _same_inputs_in_training_and_sampling(stage, low_res: int, text_dim: int, level_max, monkeypatch):
@@ -126,7 +126,7 @@ def _same_inputs_in_training_and_sampling(stage, low_res: int, text_dim: int, le
     cfg = load_train_config("shapes-tiny", None, [])
     base = dataclasses.replace(cfg.stages[0], stage=dataclasses.replace(cfg.stages[0].stage, resolution=low_res))
     cfg = dataclasses.replace(cfg, caption_dropout=0.0, stages=[
-        base, dataclasses.replace(cfg.stages[1], lowres_aug_max=level_max, crop=None)])
+        base, dataclasses.replace(cfg.stages[1], noise_level_max=level_max, crop=None)])
     R = stage.resolution
     g = torch.Generator().manual_seed(4)
     x0 = torch.rand(1, 3, R, R, generator=g) * 2 - 1
@@ -163,7 +163,7 @@ def _same_inputs_in_training_and_sampling(stage, low_res: int, text_dim: int, le
 
 def test_training_and_sampling_build_identical_unet_inputs_for_our_sr_stage(tiny, monkeypatch):
     inputs = _same_inputs_in_training_and_sampling(tiny.stages[1], 8, DIM, 0.3, monkeypatch)
-    assert inputs["lowres"].shape == (1, 3, 16, 16) and inputs["lowres_t"] is not None
+    assert inputs["lowres"].shape == (1, 3, 16, 16) and inputs["noise_level"] is not None
 
 
 def test_training_and_sampling_build_identical_unet_inputs_for_if_stage_ii(tmp_path, monkeypatch):

@@ -112,7 +112,7 @@ def resolve(cascade, request: GenerateRequest) -> GenerateRequest:
         steps=[c.steps if v is None else v for c, v in zip(cfgs, each["steps"])],
         guidance=[float(c.guidance if v is None else v) for c, v in zip(cfgs, each["guidance"])],
         sampler=[c.sampler if v is None else v for c, v in zip(cfgs, each["sampler"])],
-        noise_level=[None if not c.lowres else float(c.lowres_aug if v is None else v)
+        noise_level=[None if not c.lowres else float(c.noise_level if v is None else v)
                      for c, v in zip(cfgs, each["noise_level"])],
         height=[h for h, _ in sizes], width=[w for _, w in sizes], stop_at=n,
     )

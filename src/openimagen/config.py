@@ -7,7 +7,9 @@ Tagged unions: a config class that declares `kind: ClassVar[str] = "..."` is *ta
 carries `"kind"`, and a field annotated with a union of tagged classes (`EfficientUNetConfig |
 IFUNetConfig`) is decoded into the class that the tag names. `from_dict` also takes such a union itself.
 A class may define `upgrade_json(data) -> data` (a classmethod) to translate an older JSON form of
-itself; `from_dict` calls it first, so each legacy form is read in one place.
+itself; `from_dict` calls it first, so each legacy form is read in one place. A class that retired keys
+names them in `LEGACY: ClassVar[dict]` (old key -> what to write now): `rename_legacy` translates plain
+renames, and an override naming a retired key is told what to write instead (train/overrides.py).
 """
 from __future__ import annotations
 
@@ -99,6 +101,18 @@ def from_dict(cls: type[T] | Any, data: dict, *, where: str = "config") -> T:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{where}: {e}") from None
+
+
+def rename_legacy(data: dict, renamed: dict[str, str], what: str) -> dict:
+    """`data` with each old key of `renamed` (old -> new) under its new name. Both at once is an error: a
+    file with the old name, merged over a preset that has the new one, must not lose its value silently."""
+    both = [(old, new) for old, new in renamed.items() if old in data and new in data]
+    if both:
+        old, new = both[0]
+        raise ConfigError(f"{what}: {old!r} is the old name of {new!r}; write only {new!r}")
+    if not any(old in data for old in renamed):
+        return data
+    return {renamed.get(k, k): v for k, v in data.items()}
 
 
 def _pick(members: dict[str, type], data: Any, where: str) -> type:

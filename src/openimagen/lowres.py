@@ -3,7 +3,7 @@
 Noise-conditioning augmentation (Ho et al. 2021, "Cascaded Diffusion Models", §4.1; Imagen, Saharia et
 al. 2022, §2.4): the low-res image is enlarged to the stage's size and noised to a level drawn per sample
 during training and fixed (the stage's `noise_level`) when sampling; the U-Net is told the level.
-Training (train/step.py) and sampling (Stage.augment_lowres) both go through `LowresConditioning`, so a
+Training (train/loop.py) and sampling (Stage.augment_lowres) both go through `LowresConditioning`, so a
 stage is trained on exactly the inputs it sees when sampling (IF stage II: bilinear, align_corners=True).
 """
 from __future__ import annotations

@@ -121,10 +121,10 @@ def sample_stage(
     if cfg.lowres:
         if lowres is None:
             raise ValueError("a super-resolution stage needs the previous stage's image (lowres=)")
-        level = cfg.lowres_aug if noise_level is None else noise_level
+        level = cfg.noise_level if noise_level is None else noise_level
         low, low_t = stage.augment_lowres(lowres, level, generator, tuple(shape[-2:]))
         for c in (cond, uncond):
-            c["lowres"], c["lowres_t"] = low, low_t
+            c["lowres"], c["noise_level"] = low, low_t
     denoise = classifier_free_guidance(_model_fn(stage, autocast_dtype), cond, uncond,
                                        cfg.guidance if guidance is None else guidance)
     denoise = thresholding(cfg.threshold, stage.schedule, cfg.threshold_percentile, cfg.threshold_max)(denoise)

@@ -8,11 +8,12 @@ training alike; a super-resolution stage's low-res input is built by `lowres.py`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .config import ConfigError
+from .config import ConfigError, rename_legacy
 from .diffusion import SAMPLERS, THRESHOLDS, Denoised, Parameterization, ScheduleConfig, make_schedule
 from .diffusion.noise import randn
 from .lowres import RESIZE_MODES, LowresConditioning
@@ -33,7 +34,7 @@ class StageConfig:
     parameterization: Parameterization = field(default_factory=Parameterization)
     lowres: bool = False                        # super-resolution stage: conditioned on the previous image
     lowres_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="linear"))
-    lowres_aug: float = 0.2                     # sampling aug level, in lowres_schedule's time units
+    noise_level: float = 0.2                    # SR: the low-res image's noise level when sampling (lowres_schedule)
     lowres_resize: str = "bilinear"             # how the previous image is enlarged: "bilinear" | "bicubic" | "nearest"
     lowres_align_corners: bool = False          # IF: bilinear with align_corners=True
     sampler: str = "ddpm"
@@ -42,6 +43,7 @@ class StageConfig:
     threshold: str = "dynamic"                  # "dynamic" | "static" | "none"
     threshold_percentile: float = 0.95
     threshold_max: float | None = None          # IF: 1.5 for stage I, 1.0 for stage II
+    LEGACY: ClassVar[dict[str, str]] = {"lowres_aug": "noise_level"}  # retired keys -> their names now
 
     def __post_init__(self):
         if type(self.unet) not in UNET_CLASSES:
@@ -50,8 +52,9 @@ class StageConfig:
 
     @classmethod
     def upgrade_json(cls, data: dict) -> dict:
-        # The one reader of the legacy form (model folders saved before U-Net configs were tagged): `unet`
-        # was a bare dict and a sibling `unet_kind` ("efficient" | "if") named its class.
+        # The one reader of the legacy forms of a stage's JSON (model folders saved by older versions):
+        # renamed keys (LEGACY), and `unet` as a bare dict whose class a sibling `unet_kind` named.
+        data = rename_legacy(data, cls.LEGACY, "StageConfig")
         if "unet_kind" not in data:
             return data
         data = dict(data)
@@ -66,9 +69,9 @@ class StageConfig:
         return self.unet.kind
 
     @property
-    def layout_grid(self) -> int:
-        """The side of the U-Net's text layout grid (nn/layout.py); 0 for none (IF U-Nets have none)."""
-        return self.unet.layout_grid if isinstance(self.unet, EfficientUNetConfig) else 0
+    def extras(self) -> tuple:
+        """The configs of the U-Net's extras (nn/extras.py); IF U-Nets have none."""
+        return self.unet.extras if isinstance(self.unet, EfficientUNetConfig) else ()
 
 
 
@@ -103,9 +106,9 @@ class Stage(torch.nn.Module):
 
     def unet_inputs(self, x: Tensor, t: Tensor, cond: dict) -> dict:
         """The U-Net's arguments for x_t at t (schedule units) with conditioning `cond` (text_embeds,
-        text_mask and, for SR stages, lowres and its noise level lowres_t): the one translation from
+        text_mask and, for SR stages, lowres and its noise_level): the one translation from
         the diffusion side's units to the network's, shared by sampling and training."""
-        lowres, lowres_t = cond.get("lowres"), cond.get("lowres_t")
+        lowres, level = cond.get("lowres"), cond.get("noise_level")
         dtype = next(self.unet.parameters()).dtype  # fp16/bf16 weights get inputs of their dtype; state stays fp32
         return dict(
             x=x.to(dtype),
@@ -113,14 +116,14 @@ class Stage(torch.nn.Module):
             text_embeds=cond["text_embeds"].to(dtype),
             text_mask=cond.get("text_mask"),
             lowres=None if lowres is None else lowres.to(dtype),
-            lowres_t=None if lowres_t is None else self.lowres_schedule.model_time(lowres_t),
+            noise_level=None if level is None else self.lowres_schedule.model_time(level),
         )
 
-    def call_unet(self, x: Tensor, t: Tensor, cond: dict, net: torch.nn.Module | None = None, **extra) -> Tensor:
-        """The U-Net's raw output; `net` is the same U-Net wrapped for training (DDP), if any."""
+    def call_unet(self, x: Tensor, t: Tensor, cond: dict, net: torch.nn.Module | None = None) -> Tensor:
+        """The U-Net's raw output; `net`: call this module instead of `self.unet` (a wrapper of it)."""
         a = self.unet_inputs(x, t, cond)
         return (net or self.unet)(a["x"], a["time"], a["text_embeds"], a["text_mask"],
-                                  lowres=a["lowres"], lowres_t=a["lowres_t"], **extra)
+                                  lowres=a["lowres"], noise_level=a["noise_level"])
 
     def model(self, x: Tensor, t: Tensor, cond: dict) -> Denoised:
         """The denoiser contract: x_t, t (schedule units) and conditioning -> Denoised."""

@@ -145,7 +145,7 @@ def test_other_samplers_run_on_if_models(tiny):
 def test_defaults_from_the_checkpoint(tiny):
     s1, s2 = (s.config for s in tiny["ours"].stages)
     assert (s1.steps, s1.guidance, s1.threshold, s1.threshold_percentile, s1.threshold_max) == (100, 7.0, "dynamic", 0.95, 1.5)
-    assert (s2.steps, s2.guidance, s2.threshold_max, s2.lowres_aug) == (50, 4.0, 1.0, 250.0)
+    assert (s2.steps, s2.guidance, s2.threshold_max, s2.noise_level) == (50, 4.0, 1.0, 250.0)
     assert s2.lowres_resize == "bilinear" and s2.lowres_align_corners and s1.unet_kind == s2.unet_kind == "if"
     assert s1.parameterization.learned_variance and s1.schedule.kind == s2.lowres_schedule.kind == "ddpm_cosine"
     assert (s1.resolution, s2.resolution) == (16, 32)

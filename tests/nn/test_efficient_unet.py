@@ -8,7 +8,7 @@ import torch
 from openimagen.config import from_dict, load_json, save_json, to_dict
 from openimagen.nn import PRESETS, EfficientUNet, UNetConfig
 from openimagen.nn.layers import timestep_embedding
-from openimagen.nn.layout import TextLayout, sincos_2d
+from openimagen.nn.layout import TextLayout, TextLayoutConfig, sincos_2d
 
 torch.set_num_threads(1)
 
@@ -48,7 +48,7 @@ def _inputs(B=3, H=16, L=5, D=32, seed=0, sr=False):
     mask[:, L - 2 :] = False  # padding at the end of every prompt
     kw = {}
     if sr:
-        kw = {"lowres": torch.randn(B, 3, H, H, generator=g), "lowres_t": torch.rand(B, generator=g) * 250}
+        kw = {"lowres": torch.randn(B, 3, H, H, generator=g), "noise_level": torch.rand(B, generator=g) * 250}
     return x, t, text, mask, kw
 
 
@@ -183,12 +183,12 @@ def test_lowres_and_its_time_condition_the_sr_model():
     model = _model(lowres_cond=True)
     x, t, text, mask, kw = _inputs(sr=True)
     out = model(x, t, text, mask, **kw)
-    assert not torch.allclose(model(x, t, text, mask, lowres=kw["lowres"] * 0.5, lowres_t=kw["lowres_t"]), out)
-    assert not torch.allclose(model(x, t, text, mask, lowres=kw["lowres"], lowres_t=kw["lowres_t"] + 100), out)
-    # lowres_t=None means no augmentation: time 0
+    assert not torch.allclose(model(x, t, text, mask, lowres=kw["lowres"] * 0.5, noise_level=kw["noise_level"]), out)
+    assert not torch.allclose(model(x, t, text, mask, lowres=kw["lowres"], noise_level=kw["noise_level"] + 100), out)
+    # noise_level=None means no augmentation: time 0
     torch.testing.assert_close(
         model(x, t, text, mask, lowres=kw["lowres"]),
-        model(x, t, text, mask, lowres=kw["lowres"], lowres_t=torch.zeros(3)),
+        model(x, t, text, mask, lowres=kw["lowres"], noise_level=torch.zeros(3)),
     )
 
 
@@ -227,7 +227,7 @@ def test_bf16_autocast_forward_backward():
         (lambda m, x, t, txt, msk: m(x, t, txt[..., :16], msk), "text_embed_dim"),
         (lambda m, x, t, txt, msk: m(x[..., :15, :15], t, txt, msk), "not divisible by 2"),
         (lambda m, x, t, txt, msk: m(x, t, txt, msk, lowres=x), "lowres_cond=False"),
-        (lambda m, x, t, txt, msk: m(x, t, txt, msk, lowres_t=t), "lowres_cond=False"),
+        (lambda m, x, t, txt, msk: m(x, t, txt, msk, noise_level=t), "lowres_cond=False"),
         (lambda m, x, t, txt, msk: m(x, t[:2], txt, msk), "one time per image"),
         (lambda m, x, t, txt, msk: m(x, t, txt, msk[:, :3]), "text_mask"),
         (lambda m, x, t, txt, msk: m(x[:, :1], t, txt, msk), r"\(B, 3, H, W\)"),
@@ -283,7 +283,8 @@ def test_coordinate_channels_break_translation_equivariance():
     assert spreads[False] < 1e-5 < 1e-3 < spreads[True]
 
 
-@pytest.mark.parametrize("extra, prefix", [({"text_layers": 2}, "text_layers."), ({"layout_grid": 4}, "layout")])
+@pytest.mark.parametrize("extra, prefix", [({"text_layers": 2}, "text_layers."),
+                                           ({"extras": (TextLayoutConfig(grid=4),)}, "layout")])
 def test_fresh_extras_are_the_identity(extra, prefix):
     # Zero-initialised output projections (text layers) and injections (text layout): a U-Net with a fresh
     # extra computes exactly what the same U-Net without it computes, so adding one to a recipe changes
@@ -336,25 +337,31 @@ def test_sincos_code_tells_every_cell_apart_and_rows_from_columns():
         sincos_2d(4, 18)
 
 
-def test_layout_image_paths_agree_and_respect_the_mask():
-    model = _model(layout_grid=4)
+def test_layout_aux_loss_paths_agree_and_respect_the_mask():
+    # The forward returns one tensor; the layout's auxiliary loss scores the map that forward saw, and
+    # the warm-up path (forward_extras: no U-Net pass) sees the same map.
+    model = _model(extras=(TextLayoutConfig(grid=4),))
     x, t, text, mask, _ = _inputs()
-    guess = model.layout_image(text, mask)
-    assert guess.shape == (3, 3, 4, 4)
-    out, also = model(x, t, text, mask, return_layout=True)
-    torch.testing.assert_close(also, guess)
-    torch.testing.assert_close(out, model(x, t, text, mask))
-    torch.testing.assert_close(model(x, t, text, mask, layout_only=True), guess)
+    x0 = torch.rand_like(x) * 2 - 1
+    out = model(x, t, text, mask)
+    assert isinstance(out, torch.Tensor) and out.shape == x.shape
+    loss = model.aux_loss(x0)
+    assert loss.ndim == 0 and loss > 0
+    with pytest.raises(RuntimeError, match="first"):
+        model.aux_loss(x0)                                                  # consumed: one loss per forward
+    model.forward_extras(text, mask)
+    torch.testing.assert_close(model.aux_loss(x0), loss)
     noisy_pad = text.clone()
     noisy_pad[~mask] = torch.randn(int((~mask).sum()), text.shape[-1]) * 10
-    torch.testing.assert_close(model.layout_image(noisy_pad, mask), guess)   # padding stays invisible
+    model.forward_extras(noisy_pad, mask)
+    torch.testing.assert_close(model.aux_loss(x0), loss)                   # padding stays invisible
     torch.testing.assert_close(model(x, t, noisy_pad, mask), out)
     empty = mask.clone()
     empty[1] = False
     assert torch.isfinite(model(x, t, text, empty)).all()                   # all-padding prompt: finite
     # the map depends on the prompt, and it reaches the U-Net's output
-    other = torch.randn_like(text)
-    assert not torch.allclose(model.layout_image(other, mask), guess)
+    model.forward_extras(torch.randn_like(text), mask)
+    assert not torch.allclose(model.aux_loss(x0), loss)
     with torch.no_grad():
         for p in (*model.layout_in.parameters(), *model.layout_mid.parameters()):
             p.zero_()
@@ -371,15 +378,17 @@ def test_layout_cells_are_not_interchangeable():
 
 
 def test_bad_layout_settings_are_clear_errors():
-    with pytest.raises(ValueError, match="layout_grid"):
-        PRESETS["tiny"](layout_grid=-1)
-    with pytest.raises(ValueError, match="layout_layers"):
-        PRESETS["tiny"](layout_grid=4, layout_layers=0)
+    with pytest.raises(ValueError, match="grid=-1"):
+        TextLayoutConfig(grid=-1)
+    with pytest.raises(ValueError, match="layers=0"):
+        TextLayoutConfig(grid=4, layers=0)
     with pytest.raises(ValueError, match="divisible by 4"):
-        PRESETS["tiny"](layout_grid=4, cond_dim=34, attn_head_dim=17, dim=34, num_groups=2)
-    model = _model()
+        PRESETS["tiny"](extras=(TextLayoutConfig(grid=4),), cond_dim=34, attn_head_dim=17, dim=34, num_groups=2)
+    with pytest.raises(ValueError, match="2 entries of kind 'layout'"):
+        PRESETS["tiny"](extras=(TextLayoutConfig(grid=4), TextLayoutConfig(grid=8)))
+    with pytest.raises(ValueError, match="not an extra config"):
+        PRESETS["tiny"](extras=({"kind": "layout", "grid": 4},))  # a dict: from_dict decodes JSON
     x, t, text, mask, _ = _inputs()
-    with pytest.raises(ValueError, match="layout_grid"):
-        model(x, t, text, mask, return_layout=True)
-    with pytest.raises(ValueError, match="layout_grid=0"):
-        model.layout_image(text, mask)
+    model = _model()
+    model(x, t, text, mask)
+    assert model.aux_loss(x) is None  # no extras, no auxiliary loss

@@ -128,8 +128,8 @@ def test_scalar_times_and_the_unet_dir_itself(tmp_path):
 
 
 def test_engine_signature_concatenates_lowres_and_ignores_the_mask(tmp_path):
-    # Stage.model calls unet(x, t, text, mask, lowres=, lowres_t=): the same numbers as diffusers' call on
-    # cat([x, lowres]) with class_labels=lowres_t; the text mask is ignored (IF attends to all tokens).
+    # Stage.model calls unet(x, t, text, mask, lowres=, noise_level=): the same numbers as diffusers' call on
+    # cat([x, lowres]) with class_labels=noise_level; the text mask is ignored (IF attends to all tokens).
     ref = diffusers_unet(DUMMY_SR)
     ref.save_pretrained(tmp_path)
     ours = load_if_unet(tmp_path)
@@ -137,10 +137,10 @@ def test_engine_signature_concatenates_lowres_and_ignores_the_mask(tmp_path):
     mask = torch.zeros(text.shape[:2], dtype=torch.bool)
     with torch.no_grad():
         want = ref(x, t, text, class_labels=level).sample
-        got = ours(x[:, :3], t, text, mask, lowres=x[:, 3:], lowres_t=level)
+        got = ours(x[:, :3], t, text, mask, lowres=x[:, 3:], noise_level=level)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="lowres_t or class_labels"):
-        ours(x[:, :3], t, text, lowres=x[:, 3:], lowres_t=level, class_labels=level)
+    with pytest.raises(ValueError, match="noise_level or class_labels"):
+        ours(x[:, :3], t, text, lowres=x[:, 3:], noise_level=level, class_labels=level)
 
 
 def test_fp16_variant_and_sharded_checkpoints(tmp_path):

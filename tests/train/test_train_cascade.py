@@ -61,8 +61,8 @@ def test_loss_decreases_on_shapes_tiny(run_dir, tiny_config):
 def test_layout_warmup_trains_only_the_text_layout(run_dir, tiny_config):
     # The warm-up steps fit the layout's image guess alone: the U-Net proper keeps its initial weights,
     # the layout (and the text projection it reads) moves; the diffusion steps after it train everything.
-    cfg = tiny_config("stages.0.stage.unet.layout_grid=4", "stages.0.layout_warmup=4", "stages.0.steps=6",
-                      "stages.1.steps=1", "checkpoint_every=4", "keep_checkpoints=3")
+    cfg = tiny_config('stages.0.stage.unet.extras=[{"kind": "layout", "grid": 4}]', "stages.0.extras_warmup=4",
+                      "stages.0.steps=6", "stages.1.steps=1", "checkpoint_every=4", "keep_checkpoints=3")
     train(cfg, run_dir, progress=False)
     ckpt = run_dir / "checkpoints"
     after_warmup = load_file(str(ckpt / "step-0000004" / "stage_0" / "model.safetensors"))

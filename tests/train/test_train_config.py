@@ -65,8 +65,12 @@ def test_toml_and_yaml_files_merge_over_the_preset(tmp_path):
     ("text_encoder.kind=clip", ["clip", "minilm"]),
     ("optim.lr", ["key=value"]),
     ('data.kind_weights={"relations": 1}', ["data.kind_weights", "relations", "single"]),
-    ("stages.0.layout_warmup=2", ["layout_warmup", "layout_grid"]),          # the tiny base has no layout
-    ("stages.0.layout_loss=-1", ["layout_loss=-1", ">= 0"]),
+    ("stages.0.extras_warmup=2", ["extras_warmup", "unet.extras"]),          # the tiny base has no extras
+    ("stages.0.extras_loss=-1", ["extras_loss=-1", ">= 0"]),
+    ("stages.0.layout_warmup=2", ["stages.0.layout_warmup", "is retired", "stages.0.extras_warmup"]),
+    ("stages.1.lowres_aug_max=0.3", ["retired", "stages.1.noise_level_max"]),
+    ("stages.1.stage.lowres_aug=0.3", ["retired", "stages.1.stage.noise_level"]),
+    ("stages.0.stage.unet.layout_grid=4", ["retired", 'stages.0.stage.unet.extras=[{"kind": "layout"']),
 ])
 def test_bad_overrides_are_one_line_config_errors(override, words):
     with pytest.raises(ConfigError) as e:
@@ -136,13 +140,14 @@ def test_bad_training_input_fails_before_training(tmp_path, tiny_config):
 
 
 def test_layout_warmup_bounds_crops_and_its_learning_rate():
-    layout = ["stages.0.stage.unet.layout_grid=4"]
-    with pytest.raises(ConfigError, match=r"layout_warmup=50 must be an int in \[0, steps=50\)"):
-        load_train_config("shapes-tiny", None, layout + ["stages.0.layout_warmup=50"])
+    layout = ['stages.0.stage.unet.extras=[{"kind": "layout", "grid": 4}]']
+    with pytest.raises(ConfigError, match=r"extras_warmup=50 must be an int in \[0, steps=50\)"):
+        load_train_config("shapes-tiny", None, layout + ["stages.0.extras_warmup=50"])
     with pytest.raises(ConfigError, match="cannot train on crops"):
-        load_train_config("shapes-tiny", None, ["stages.1.stage.unet.layout_grid=4", "stages.1.crop=16"])
+        load_train_config("shapes-tiny", None, ['stages.1.stage.unet.extras=[{"kind": "layout", "grid": 4}]',
+                                                "stages.1.crop=16"])
     cfg = load_train_config("shapes-tiny", None, layout + [
-        "optim.warmup_steps=2", "optim.lr=1.0", "optim.decay=cosine", "stages.0.steps=10", "stages.0.layout_warmup=4"])
+        "optim.warmup_steps=2", "optim.lr=1.0", "optim.decay=cosine", "stages.0.steps=10", "stages.0.extras_warmup=4"])
     lrs = [learning_rate(cfg, 0, s) for s in range(10)]
     assert lrs[:4] == [0.5, 1.0, 1.0, 1.0]          # the layout warm-up: its own ramp, then constant
     assert lrs[4:6] == [0.5, 1.0]                   # the diffusion steps ramp up afresh

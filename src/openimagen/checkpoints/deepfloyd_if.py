@@ -43,7 +43,7 @@ LAYOUT = (
     "for stage II"
 )
 PIPELINES = {"IFPipeline": 1, "IFSuperResolutionPipeline": 2}
-DEFAULTS = {1: dict(steps=100, guidance=7.0), 2: dict(steps=50, guidance=4.0, lowres_aug=250.0)}
+DEFAULTS = {1: dict(steps=100, guidance=7.0), 2: dict(steps=50, guidance=4.0, noise_level=250.0)}
 _STAGE_NAME = {1: "stage I (base, 64 px)", 2: "stage II (super-resolution)"}
 
 

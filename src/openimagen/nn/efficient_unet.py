@@ -5,7 +5,7 @@ Understanding": the "Neural network architecture" section and the appendix on th
 it knows nothing about noise schedules or what its output means (eps, v, x0, learned variance).
 
 Conditioning, computed once per forward:
-  emb  = MLP(sin(t)) [+ MLP(sin(lowres_t))] [+ AttentionPool(text)]          (B, E)
+  emb  = MLP(sin(t)) [+ MLP(sin(noise_level))] [+ AttentionPool(text)]       (B, E)
   text = [null ; LayerNorm(Linear(text_embeds))]                            (B, 1+L, Dc)
   text = TextTransformer(text)   (only when text_layers > 0)               (B, 1+L, Dc)
 The learned null token is always attendable, so a prompt whose mask is all False (e.g. the empty
@@ -18,6 +18,9 @@ Layout per level i (channels dim * dim_mults[i]):
 Each level's attention (if any) follows its last ResBlock; the up path mirrors the down path with
 skip connections (scaled by 2^-0.5 when `scale_skip`), and a final ResBlock sees the init conv's
 full-resolution features again.
+
+Extras (nn/extras.py, `extras`; e.g. the text layout of nn/layout.py) read the text tokens and add a
+spatial map after the input conv and before the middle block; the forward still returns one tensor.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layout import LayoutInjection, TextLayout
+from .extras import LEGACY_KEYS, ExtraConfig, WithExtras, check_extras, upgrade_legacy_layout
 from .layers import Attention, AttentionPool, Downsample, ResBlock, TextTransformer, TimeMLP, Upsample, zero_init
 
 
@@ -47,7 +50,7 @@ class EfficientUNetConfig:
     text_embed_dim: int = 384  # width of the text encoder's token embeddings
     cond_dim: int | None = None  # width of text tokens inside the U-Net; None = dim
     time_embed_dim: int | None = None  # E; None = 4 * dim
-    lowres_cond: bool = False  # SR stage: concat the upsampled low-res image, embed its aug time
+    lowres_cond: bool = False  # SR stage: concat the upsampled low-res image, embed its noise level
     attn_pool_text: bool = True  # add attention-pooled text to the time embedding (Imagen, IF)
     text_layers: int = 0  # trainable transformer layers over the text tokens (layers.TextTransformer)
     num_groups: int = 32  # GroupNorm groups
@@ -57,13 +60,17 @@ class EfficientUNetConfig:
     # Concatenate x/y coordinates in [-1, 1] to the input (CoordConv, Liu et al. 2018). Attention and
     # FiLM carry no location, so "on the left" / "above" must otherwise be inferred from zero padding.
     coord_channels: bool = False  # off in every preset: docs/decisions.md#coord-channels
-    # A G x G text layout map (nn/layout.py) added to the features after the input conv and before the
-    # middle block; 0 = none. It binds attributes to places ("a red circle above a blue square").
-    layout_grid: int = 0
-    layout_layers: int = 2  # decoder layers of the layout (used only when layout_grid > 0)
+    # Modules that add a map read from the text (nn/extras.py), e.g. (TextLayoutConfig(grid=8),): the text
+    # layout that binds attributes to places ("a red circle above a blue square"). JSON: kind-tagged.
+    extras: tuple[ExtraConfig, ...] = ()
+    LEGACY: ClassVar[dict[str, str]] = LEGACY_KEYS  # retired keys -> what to write instead (config.py)
+
+    @classmethod
+    def upgrade_json(cls, data: dict) -> dict:
+        return upgrade_legacy_layout(data)  # the text layout's fields before it became an extra
 
     def __post_init__(self):
-        for name in ("dim_mults", "num_res_blocks", "attn_levels", "cross_attn_levels"):
+        for name in ("dim_mults", "num_res_blocks", "attn_levels", "cross_attn_levels", "extras"):
             if isinstance(getattr(self, name), list):  # keep the config hashable and == its JSON round trip
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         n = len(self.dim_mults)
@@ -87,17 +94,10 @@ class EfficientUNetConfig:
                     f"by num_groups={self.num_groups}; change dim or num_groups"
                 )
             if self.attn_levels[i] or self.cross_attention[i]:
-                self._check_heads(ch, f"level {i}")
+                self.check_heads(ch, f"level {i}")
         if self.attn_pool_text or self.text_layers:
-            self._check_heads(self.cond_width, "the text pooling / text layers (cond_dim)")
-        for name, low in (("layout_grid", 0), ("layout_layers", 1)):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be an int >= {low}")
-        if self.layout_grid:
-            self._check_heads(self.cond_width, "the text layout (cond_dim)")
-            if self.cond_width % 4:
-                raise ValueError(f"the text layout needs cond_dim divisible by 4 (its cells' sin-cos code); "
-                                 f"got {self.cond_width}")
+            self.check_heads(self.cond_width, "the text pooling / text layers (cond_dim)")
+        check_extras(self.extras, self)
         if not isinstance(self.text_layers, int) or self.text_layers < 0:
             raise ValueError(f"text_layers={self.text_layers!r} must be an int >= 0")
         for name in ("in_channels", "out_channels", "text_embed_dim"):
@@ -106,7 +106,7 @@ class EfficientUNetConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
 
-    def _check_heads(self, ch: int, where: str) -> None:
+    def check_heads(self, ch: int, where: str) -> None:
         head_dim = self.head_dim(ch)
         if head_dim < 1 or ch % head_dim or (self.attn_heads and ch % self.attn_heads):
             raise ValueError(
@@ -159,7 +159,7 @@ class _Level(nn.Module):
         self.resample = resample
 
 
-class EfficientUNet(nn.Module):
+class EfficientUNet(WithExtras, nn.Module):
     def __init__(self, cfg: EfficientUNetConfig):
         super().__init__()
         self.cfg = cfg
@@ -181,11 +181,7 @@ class EfficientUNet(nn.Module):
         self.text_layers = TextTransformer(Dc, cfg.head_dim(Dc), cfg.text_layers) if cfg.text_layers else None
         self.text_pool = AttentionPool(Dc, cfg.head_dim(Dc), E) if cfg.attn_pool_text else None
 
-        self.layout = self.layout_in = self.layout_mid = None
-        if cfg.layout_grid:
-            self.layout = TextLayout(Dc, cfg.head_dim(Dc), cfg.layout_grid, cfg.layout_layers, cfg.in_channels)
-            self.layout_in = LayoutInjection(Dc, cfg.dim)
-            self.layout_mid = LayoutInjection(Dc, chans[-1])
+        self.add_extras(cfg, chans[-1])  # nn/extras.py; built here, after the text path: the weights' order
 
         in_ch = cfg.in_channels * (2 if cfg.lowres_cond else 1) + (2 if cfg.coord_channels else 0)
         self.init_conv = nn.Conv2d(in_ch, cfg.dim, 3, padding=1)
@@ -245,19 +241,10 @@ class EfficientUNet(nn.Module):
             text = self.text_layers(text, mask)
         return text, mask
 
-    def layout_image(self, text_embeds: Tensor, text_mask: Tensor | None = None) -> Tensor:
-        """The text layout's guess of the clean image, (B, in_channels, G, G); needs layout_grid > 0.
-
-        Training fits it to the area-downsampled image (train/loop.py, `layout_loss`)."""
-        if self.layout is None:
-            raise ValueError("this U-Net has no text layout (layout_grid=0)")
-        text, mask = self._text(text_embeds, text_mask)
-        return self.layout.image(self.layout(text, mask))
-
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _check_inputs(self, x, t, text_embeds, text_mask, lowres, lowres_t) -> None:
+    def _check_inputs(self, x, t, text_embeds, text_mask, lowres, noise_level) -> None:
         cfg = self.cfg
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, {cfg.in_channels}, H, W)")
@@ -286,10 +273,10 @@ class EfficientUNet(nn.Module):
             if lowres.shape != x.shape:
                 raise ValueError(f"lowres has shape {tuple(lowres.shape)}; expected {tuple(x.shape)} "
                                  f"(upsample it to x's size first)")
-            if lowres_t is not None and lowres_t.shape != (B,):
-                raise ValueError(f"lowres_t has shape {tuple(lowres_t.shape)}; expected ({B},)")
-        elif lowres is not None or lowres_t is not None:
-            raise ValueError("this U-Net has lowres_cond=False and takes no lowres/lowres_t; "
+            if noise_level is not None and noise_level.shape != (B,):
+                raise ValueError(f"noise_level has shape {tuple(noise_level.shape)}; expected ({B},)")
+        elif lowres is not None or noise_level is not None:
+            raise ValueError("this U-Net has lowres_cond=False and takes no lowres/noise_level; "
                              "build it with lowres_cond=True for a super-resolution stage")
 
     def forward(
@@ -299,35 +286,30 @@ class EfficientUNet(nn.Module):
         text_embeds: Tensor,  # (B, L, text_embed_dim)
         text_mask: Tensor | None = None,  # (B, L) bool, True = real token; None = all real
         lowres: Tensor | None = None,  # (B, C, H, W) noise-augmented low-res image (SR stages)
-        lowres_t: Tensor | None = None,  # (B,) its augmentation time; None = 0 (no augmentation)
-        return_layout: bool = False,  # also return layout_image's (B, C, G, G) guess (needs layout_grid)
-        layout_only: bool = False,  # return only that guess, skipping the U-Net (layout warm-up steps)
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        self._check_inputs(x, t, text_embeds, text_mask, lowres, lowres_t)
-        if (return_layout or layout_only) and self.layout is None:
-            raise ValueError("return_layout / layout_only need a U-Net with a text layout (layout_grid > 0)")
-        if layout_only:
-            return self.layout_image(text_embeds, text_mask)
-        cfg, B = self.cfg, x.shape[0]
+        noise_level: Tensor | None = None,  # (B,) its noise-augmentation level (model time); None = 0
+    ) -> Tensor:
+        self._check_inputs(x, t, text_embeds, text_mask, lowres, noise_level)
+        cfg = self.cfg
 
         # conditioning
         emb = self.time_mlp(t)  # (B, E)
         if cfg.lowres_cond:
-            lowres_t = torch.zeros_like(t) if lowres_t is None else lowres_t
-            emb = emb + self.lowres_time_mlp(lowres_t)
+            noise_level = torch.zeros_like(t) if noise_level is None else noise_level
+            emb = emb + self.lowres_time_mlp(noise_level)
             x = torch.cat([x, lowres.to(x.dtype)], dim=1)  # (B, 2C, H, W)
         text, mask = self._text(text_embeds, text_mask)
         if self.text_pool is not None:
             emb = emb + self.text_pool(text, mask)
         emb = F.silu(emb)  # every FiLM projection starts with SiLU; do it once
-        layout = self.layout(text, mask) if self.layout is not None else None  # (B, Dc, G, G)
+        extras = [(extra(text, mask), into_input, into_middle)  # each extra's map, (B, D, G, G)
+                  for extra, into_input, into_middle in self.extra_modules()]
 
         # Plain NCHW on purpose (channels_last is slower on CPU): docs/decisions.md#nchw
         if cfg.coord_channels:
             x = torch.cat([x, _coordinates(x)], dim=1)  # (B, C + 2, H, W)
         h = self.init_conv(x)  # (B, dim, H, W)
-        if layout is not None:
-            h = self.layout_in(h, layout)
+        for extra_map, into_input, _ in extras:
+            h = into_input(h, extra_map)
         h0, skips = h, []
         for level in self.down:
             if cfg.memory_efficient and level.resample is not None:
@@ -340,8 +322,8 @@ class EfficientUNet(nn.Module):
             if not cfg.memory_efficient and level.resample is not None:
                 h = level.resample(h)
 
-        if layout is not None:
-            h = self.layout_mid(h, layout)
+        for extra_map, _, into_middle in extras:
+            h = into_middle(h, extra_map)
         h = self.mid1(h, emb)
         if self.mid_attn is not None:
             h = self.mid_attn(h, text, mask)
@@ -359,10 +341,7 @@ class EfficientUNet(nn.Module):
                 h = level.resample(h)
 
         h = self.final_block(torch.cat([h, h0 * s], dim=1), emb)  # (B, dim, H, W)
-        out = self.out_conv(F.silu(self.out_norm(h)))  # (B, out_channels, H, W)
-        if return_layout:  # training also fits the layout's own image guess (train/loop.py)
-            return out, self.layout.image(layout)
-        return out
+        return self.out_conv(F.silu(self.out_norm(h)))  # (B, out_channels, H, W)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
     cfg = IFUNetConfig.from_diffusers_config(config)   # the dict of a diffusers unet/config.json
     unet = IFUNet(cfg)                  # with weights: checkpoints.deepfloyd_if.load_if_unet("IF-I-XL-v1.0")
     out = unet(x_t, t, t5_embeds)                      # (B, 6, H, W): eps in [:3], variance value v in [3:]
-    out = sr_unet(cat([x_t, up]), t, t5, class_labels=noise_level)      # stage II
+    out = sr_unet(cat([x_t, up]), t, t5, noise_level=level)            # stage II (diffusers: class_labels=)
 
 Module names reproduce diffusers' `UNet2DConditionModel` state-dict keys exactly, so checkpoints load
 strictly with no key map (docs/reference/deepfloyd_if.md §2). Only the block types IF uses are
@@ -278,20 +278,21 @@ class IFUNet(nn.Module):
 
     def forward(self, sample: Tensor, timestep: Tensor | float, encoder_hidden_states: Tensor,
                 text_mask: Tensor | None = None, lowres: Tensor | None = None,
-                lowres_t: Tensor | float | None = None, class_labels: Tensor | float | None = None) -> Tensor:
+                noise_level: Tensor | float | None = None, class_labels: Tensor | float | None = None) -> Tensor:
         """sample (B, in, H, W), timestep (B,) or scalar, text (B, L, text_dim) -> (B, out, H, W) raw output.
 
-        `class_labels` is stage II's noise-augmentation level (e.g. 250), (B,) or scalar.
-        The engine's U-Net signature (`Stage.model`) is accepted too: `lowres` (B, 3, H, W), the upsampled
-        and noised image, is concatenated to `sample`'s channels and `lowres_t` is the class label.
+        `noise_level` is stage II's noise-augmentation level (e.g. 250), (B,) or scalar; `class_labels` is
+        diffusers' name for it, accepted too. The engine's U-Net signature (`Stage.unet_inputs`) works as
+        is: `lowres` (B, 3, H, W), the upsampled and noised image, is concatenated to `sample`'s channels.
         `text_mask` is ignored on purpose: IF was trained attending over all 77 T5 positions, pads included.
         """
         if lowres is not None:
             sample = torch.cat([sample, lowres.to(sample.dtype)], dim=1)  # (B, 3 + 3, H, W), diffusers' order
-        if lowres_t is not None:
+        if noise_level is not None:
             if class_labels is not None:
-                raise ValueError("pass the noise-augmentation level once: lowres_t or class_labels, not both")
-            class_labels = lowres_t
+                raise ValueError("pass the noise-augmentation level once: noise_level or class_labels "
+                                 "(diffusers' name for it), not both")
+            class_labels = noise_level
         cfg, B = self.cfg, sample.shape[0]
         if sample.ndim != 4 or sample.shape[1] != cfg.in_channels:
             raise ValueError(f"sample must be (B, {cfg.in_channels}, H, W), got {tuple(sample.shape)}")
@@ -303,7 +304,8 @@ class IFUNet(nn.Module):
         emb = self.time_embedding(timestep_embedding(_per_sample(timestep, B, sample.device), c0).to(dtype))  # (B, T)
         if self.class_embedding is not None:
             if class_labels is None:
-                raise ValueError("this stage-II U-Net needs class_labels: the noise-augmentation level (e.g. 250)")
+                raise ValueError("this stage-II U-Net needs noise_level (diffusers: class_labels): the "
+                                 "noise-augmentation level (e.g. 250)")
             level = timestep_embedding(_per_sample(class_labels, B, sample.device), c0).to(dtype)
             emb = emb + self.class_embedding(level)
         if self.add_embedding is not None:

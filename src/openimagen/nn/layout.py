@@ -10,18 +10,46 @@ so "which colour goes in this cell" is one cross-attention away from the tokens;
 It learns that binding only after a plateau, so the shipped recipe trains it alone first
 (docs/decisions.md#text-layout-plateau).
 
-The map (B, D, G, G) is added to the U-Net's features (upsampled, through zero-initialised 1x1
-convs). `image(features)` turns it into a G x G RGB guess of the clean image: the training loop fits
-that guess to the downsampled image (`layout_loss`), a direct signal for the layout at every step
-rather than only through the few high-noise steps where the caption is all the U-Net has.
+It is an extra of the efficient U-Net (nn/extras.py: `EfficientUNetConfig.extras=(TextLayoutConfig(grid=8),)`,
+JSON `{"kind": "layout", "grid": 8, "layers": 2}`). Its map (B, D, G, G) is added to the U-Net's features;
+`image(map)` turns it into a G x G RGB guess of the clean image, and its auxiliary loss fits that guess to
+the image averaged over the cells: a direct signal for the layout at every step rather than only through
+the few high-noise steps where the caption is all the U-Net has.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import _heads, zero_init
+from .layers import _heads
+
+
+@dataclass(frozen=True)
+class TextLayoutConfig:
+    kind: ClassVar[str] = "layout"  # the JSON tag of an entry of EfficientUNetConfig.extras
+    grid: int = 8  # G: the map has G x G cells
+    layers: int = 2  # decoder layers over the cells
+
+    def __post_init__(self):
+        for name in ("grid", "layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"the text layout's {name}={value!r} must be an int >= 1")
+
+    def check(self, unet) -> None:
+        """Raise ValueError unless the layout fits `unet` (an EfficientUNetConfig): it works at the text width."""
+        unet.check_heads(unet.cond_width, "the text layout (cond_dim)")
+        if unet.cond_width % 4:
+            raise ValueError(f"the text layout needs cond_dim divisible by 4 (its cells' sin-cos code); "
+                             f"got {unet.cond_width}")
+
+    def build(self, unet) -> "TextLayout":
+        width = unet.cond_width
+        return TextLayout(width, unet.head_dim(width), self.grid, self.layers, unet.in_channels)
 
 
 def sincos_2d(grid: int, dim: int) -> Tensor:
@@ -64,17 +92,21 @@ class _DecoderLayer(nn.Module):
 
 
 class TextLayout(nn.Module):
-    """Text tokens (B, L, D) -> layout map (B, D, G, G); `image` maps it to a (B, C, G, G) picture."""
+    """Text tokens (B, L, D) -> layout map (B, D, G, G); `image` maps it to a (B, C, G, G) picture.
+
+    As a U-Net extra (nn/extras.py) it remembers its last map, and `aux_loss(x0)` fits that map's image
+    guess to x0."""
 
     def __init__(self, dim: int, head_dim: int, grid: int, layers: int, image_channels: int):
         super().__init__()
-        self.grid = grid
+        self.grid, self.width = grid, dim
         # One query per cell (row-major), starting from a 2-D sin-cos code of the cell's place: "the top
         # half" is then a direction in query space from step one (docs/decisions.md#text-layout-plateau).
         self.queries = nn.Parameter(sincos_2d(grid, dim))
         self.layers = nn.ModuleList(_DecoderLayer(dim, head_dim) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.to_image = nn.Linear(dim, image_channels)
+        self._seen: Tensor | None = None  # the last map, for aux_loss
 
     def forward(self, text: Tensor, mask: Tensor | None) -> Tensor:
         B, G = text.shape[0], self.grid
@@ -82,26 +114,16 @@ class TextLayout(nn.Module):
         x = self.queries.to(text.dtype).expand(B, -1, -1)  # (B, G*G, D)
         for layer in self.layers:
             x = layer(x, text, attn_mask)
-        return self.norm(x).transpose(1, 2).reshape(B, -1, G, G)  # (B, D, G, G)
+        self._seen = self.norm(x).transpose(1, 2).reshape(B, -1, G, G)  # (B, D, G, G)
+        return self._seen
 
     def image(self, layout: Tensor) -> Tensor:
         """The layout's guess of the clean image at G x G: (B, D, G, G) -> (B, C, G, G)."""
         return self.to_image(layout.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-
-class LayoutInjection(nn.Module):
-    """Adds the layout map to features of any resolution: nearest upsample (or area downsample), 1x1 conv.
-
-    Zero-initialised, so a U-Net with a fresh layout computes exactly what it computed without one.
-    """
-
-    def __init__(self, dim: int, channels: int):
-        super().__init__()
-        self.proj = zero_init(nn.Conv2d(dim, channels, 1))
-
-    def forward(self, h: Tensor, layout: Tensor) -> Tensor:
-        size = h.shape[-2:]
-        if layout.shape[-2:] != size:
-            bigger = size[0] >= layout.shape[-2]
-            layout = F.interpolate(layout, size=size, mode="nearest" if bigger else "area")
-        return h + self.proj(layout.to(h.dtype))
+    def aux_loss(self, x0: Tensor) -> Tensor:
+        """MSE of the last map's image guess against x0 (B, C, H, W) averaged over the G x G cells."""
+        if self._seen is None:
+            raise RuntimeError("the text layout has no map to score: run the U-Net (or forward_extras) first")
+        guess, self._seen = self.image(self._seen), None  # consumed: the next step scores its own map
+        return F.mse_loss(guess.float(), F.adaptive_avg_pool2d(x0, guess.shape[-2:]))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from ..config import ConfigError
+from ..config import ConfigError, rename_legacy
 from ..stage import StageConfig
 from ..text import MiniLMEncoderConfig, T5EncoderConfig
 
@@ -30,14 +31,20 @@ class StageTrainConfig:
     batch_size: int = 16                # global batch per optimiser step (split over processes and accumulation)
     lr: float | None = None             # None: optim.lr
     min_snr_gamma: float | None = 5.0   # Min-SNR-gamma loss weights (Hang et al. 2023); None: plain MSE
-    lowres_aug_max: float | None = None  # SR: train aug level ~ U(0, max) in lowres_schedule units; None: its sample_t
+    noise_level_max: float | None = None  # SR: train levels ~ U(0, max) in lowres_schedule units; None: its sample_t
     crop: int | None = None             # SR: train on random crop x crop patches of the stage resolution
-    layout_loss: float = 1.0            # weight of the text layout's image-guess MSE (U-Nets with layout_grid)
-    layout_warmup: int = 0              # the first N of `steps` train only the text layout (cheap; nn/layout.py)
+    extras_loss: float = 1.0            # weight of the U-Net extras' auxiliary losses (nn/extras.py)
+    extras_warmup: int = 0              # the first N of `steps` train only the U-Net's extras, on those losses (cheap)
+    LEGACY: ClassVar[dict[str, str]] = {"lowres_aug_max": "noise_level_max", "layout_loss": "extras_loss",
+                                        "layout_warmup": "extras_warmup"}  # retired keys -> their names now
+
+    @classmethod
+    def upgrade_json(cls, data: dict) -> dict:
+        return rename_legacy(data, cls.LEGACY, "StageTrainConfig")  # train_config.json of older versions
 
     def __post_init__(self):
         _positive_int(self.steps, "stages.N.steps")
-        has_layout = self.stage.layout_grid > 0
+        extras = [e.kind for e in self.stage.extras]
         _positive_int(self.batch_size, "stages.N.batch_size")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr={self.lr!r} must be positive (or null to use optim.lr)")
@@ -49,16 +56,16 @@ class StageTrainConfig:
                 raise ConfigError(f"crop={self.crop} is larger than the stage resolution {self.stage.resolution}")
             if not self.stage.lowres:
                 raise ConfigError("crop is for super-resolution stages only; the base stage sees whole images")
-            if has_layout:
-                raise ConfigError("a U-Net with a text layout (layout_grid) lays out the whole image; it cannot "
-                                  "train on crops: drop crop or set layout_grid=0")
-        if not (isinstance(self.layout_loss, (int, float)) and self.layout_loss >= 0):
-            raise ConfigError(f"layout_loss={self.layout_loss!r} must be a number >= 0")
-        if not isinstance(self.layout_warmup, int) or not 0 <= self.layout_warmup < self.steps:
-            raise ConfigError(f"layout_warmup={self.layout_warmup!r} must be an int in [0, steps={self.steps})")
-        if self.layout_warmup and not (has_layout and self.layout_loss):
-            raise ConfigError("layout_warmup trains the text layout alone: it needs unet.layout_grid > 0 and "
-                              "layout_loss > 0")
+            if extras:  # the text layout's loss scores the layout of the whole image
+                raise ConfigError(f"a U-Net with extras {extras} sees whole images; it cannot train on crops: "
+                                  f"drop crop or the extras")
+        if not (isinstance(self.extras_loss, (int, float)) and self.extras_loss >= 0):
+            raise ConfigError(f"extras_loss={self.extras_loss!r} must be a number >= 0")
+        if not isinstance(self.extras_warmup, int) or not 0 <= self.extras_warmup < self.steps:
+            raise ConfigError(f"extras_warmup={self.extras_warmup!r} must be an int in [0, steps={self.steps})")
+        if self.extras_warmup and not (extras and self.extras_loss):
+            raise ConfigError('extras_warmup trains the U-Net\'s extras alone on their losses: it needs unet.extras '
+                              '(e.g. [{"kind": "layout", "grid": 8}]) and extras_loss > 0')
 
 
 @dataclass(frozen=True)

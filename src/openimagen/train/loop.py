@@ -6,8 +6,8 @@ One step of stage k (Imagen, Saharia et al. 2022, §2; Ho et al. 2021 for the ca
     text    cached embeddings of the captions; each caption is "" with prob. caption_dropout
     SR      lowres resized and noised to a random level per sample, as at sampling (lowres.py)
     loss    diffusion_loss(unet(x_t, ...), x0, eps, t), optionally min-SNR-gamma weighted
-            [+ layout_loss * MSE(text layout's G x G image guess, x0 averaged to G x G), for U-Nets with
-             layout_grid; the first layout_warmup steps use only that term and skip the U-Net]
+            [+ extras_loss * unet.aux_loss(x0), the auxiliary losses of the U-Net's extras (nn/extras.py,
+             e.g. the text layout's); the first extras_warmup steps use only that term and skip the U-Net]
 then clip, AdamW, EMA. Stage order: "sequential" or "interleaved" (see `next_stage`).
 
 Exact resume: everything random in a step comes from a generator seeded by (seed, rank, step) and
@@ -17,7 +17,8 @@ weights of a run never killed. Files written under out_dir:
     train_config.json  log.jsonl  embeddings/  samples/step-*.png  checkpoints/
     model/   the EMA cascade: Cascade.from_pretrained(out_dir / "model")
 The same code runs under `accelerate launch` / torchrun: each rank takes its slice of every global
-batch; only the main process writes files.
+batch; only the main process writes files. What accelerate wraps (DDP) is `_StageLoss`, the U-Net with
+the step's whole loss as its forward: so DDP sees the auxiliary terms and the extras-only warm-up steps.
 """
 from __future__ import annotations
 
@@ -54,13 +55,13 @@ def learning_rate(cfg: TrainConfig, k: int, step: int) -> float:
     """Stage k's lr for its optimiser step `step` (0-based): linear warm-up, then constant or cosine to 10%."""
     o, st = cfg.optim, cfg.stages[k]
     base = st.lr if st.lr is not None else o.lr
-    if step < st.layout_warmup:  # text-layout warm-up: its own linear ramp, then constant
+    if step < st.extras_warmup:  # the extras' warm-up: its own linear ramp, then constant
         return base * min(1.0, (step + 1) / o.warmup_steps)
-    step -= st.layout_warmup  # the diffusion steps start their schedule afresh
+    step -= st.extras_warmup  # the diffusion steps start their schedule afresh
     if step < o.warmup_steps:
         return base * (step + 1) / o.warmup_steps
     if o.decay == "cosine":
-        span = max(1, st.steps - st.layout_warmup - o.warmup_steps)
+        span = max(1, st.steps - st.extras_warmup - o.warmup_steps)
         return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / span))))
     return base
 
@@ -76,10 +77,11 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 
 
 def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, Tensor], captions: list[str],
-               lookup, g: torch.Generator, layout_only: bool = False) -> Tensor:
-    """The diffusion loss of stage k on one micro-batch. images: {resolution: (B, 3, R, R) in [-1, 1]}.
+               lookup, g: torch.Generator, extras_only: bool = False) -> Tensor:
+    """The loss of stage k on one micro-batch. images: {resolution: (B, 3, R, R) in [-1, 1]}. model: the
+    stage's U-Net itself (`train` runs this inside `_StageLoss`, the module that accelerate wraps).
 
-    layout_only: a text-layout warm-up step, only the layout's image-guess loss (no U-Net pass)."""
+    extras_only: a warm-up step of the U-Net's extras: only their auxiliary losses, no U-Net pass."""
     st, sc = cfg.stages[k], stage.config
     x0 = images[sc.resolution]  # (B, 3, R, R)
     B, device = x0.shape[0], x0.device
@@ -95,31 +97,42 @@ def stage_loss(cfg: TrainConfig, k: int, model, stage: Stage, images: dict[int, 
     embeds, mask = lookup(["" if d else c for c, d in zip(captions, drop.tolist())])
     cond = {"text_embeds": embeds.to(device), "text_mask": mask.to(device)}  # (B, L, D), (B, L)
 
-    grid = sc.layout_grid
-    if layout_only:
-        return _layout_loss(st, stage.call_unet(x_t, t, cond, net=model, layout_only=True), x0)
+    if extras_only:
+        a = stage.unet_inputs(x_t, t, cond)
+        model.forward_extras(a["text_embeds"], a["text_mask"])
+        return st.extras_loss * model.aux_loss(x0)
 
     if sc.lowres:
         # Noise-conditioning augmentation at a random level per sample, through the stage's own
         # LowresConditioning: the same resize and noising as sampling (lowres.py).
-        level = stage.lowres_cond.training_levels(B, g, st.lowres_aug_max, device)
+        level = stage.lowres_cond.training_levels(B, g, st.noise_level_max, device)
         noise = randn((B, low.shape[1], *x0.shape[-2:]), g, device)
-        cond["lowres"], cond["lowres_t"] = stage.lowres_cond(low, tuple(x0.shape[-2:]), level, noise)
+        cond["lowres"], cond["noise_level"] = stage.lowres_cond(low, tuple(x0.shape[-2:]), level, noise)
 
-    if grid and st.layout_loss:
-        # The text layout's own guess of the clean image, fitted at every noise level: a direct signal
-        # for "what goes where" (nn/layout.py) on top of the diffusion loss.
-        out, guess = stage.call_unet(x_t, t, cond, net=model, return_layout=True)
-        layout = _layout_loss(st, guess, x0)
-    else:
-        out = stage.call_unet(x_t, t, cond, net=model)
-        layout = 0.0
-    return diffusion_loss(out.float(), x0, eps, t, stage.schedule, stage.parameterization, st.min_snr_gamma) + layout
+    out = stage.call_unet(x_t, t, cond, net=model)
+    # The extras' own losses on what this forward saw (the text layout: its image guess, fitted at every
+    # noise level, a direct signal for "what goes where"), on top of the diffusion loss.
+    aux = model.aux_loss(x0) if sc.extras and st.extras_loss else None
+    aux = 0.0 if aux is None else st.extras_loss * aux
+    return diffusion_loss(out.float(), x0, eps, t, stage.schedule, stage.parameterization, st.min_snr_gamma) + aux
 
 
-def _layout_loss(st, guess: Tensor, x0: Tensor) -> Tensor:
-    """The text layout's (B, C, G, G) image guess against the clean image averaged over G x G cells."""
-    return st.layout_loss * F.mse_loss(guess.float(), F.adaptive_avg_pool2d(x0, guess.shape[-2:]))
+class _StageLoss(torch.nn.Module):
+    """What accelerate prepares for stage k: the stage's U-Net (the only child: the same weights, in the
+    same order), with `stage_loss` as the forward. DDP syncs only what runs inside the forward of the
+    module it wraps, and finds unused weights from that forward's output; with the whole loss inside, a
+    step may add the extras' auxiliary losses or train the extras alone while the U-Net's own forward
+    returns one tensor."""
+
+    def __init__(self, cfg: TrainConfig, k: int, stage: Stage, lookup):
+        super().__init__()
+        self.unet = stage.unet
+        self.fixed = (cfg, k, stage, lookup)  # a tuple: the Stage is not registered a second time
+
+    def forward(self, images: dict[int, Tensor], captions: list[str], g: torch.Generator,
+                extras_only: bool = False) -> Tensor:
+        cfg, k, stage, lookup = self.fixed
+        return stage_loss(cfg, k, self.unet, stage, images, captions, lookup, g, extras_only)
 
 
 def _crop_pair(hi: Tensor, low: Tensor, crop: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -175,8 +188,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     from accelerate.utils import DistributedDataParallelKwargs
 
-    # A text-layout warm-up step leaves the rest of the U-Net without gradients; DDP must expect that.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=any(st.layout_warmup for st in cfg.stages))
+    # A warm-up step of the extras leaves the rest of the U-Net without gradients; DDP must expect that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=any(st.extras_warmup for st in cfg.stages))
     acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=launched and not torch.cuda.is_available(),
                       kwargs_handlers=[ddp])
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
@@ -210,7 +223,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         log.info("resuming from %s (step %d)", found, step)
     if main:
         _truncate_log(out / "log.jsonl", step)
-    models, opts = _prepare(acc, [s.unet for s in stages], opts)
+    models, opts = _prepare(acc, [_StageLoss(cfg, k, s, lookup) for k, s in enumerate(stages)], opts)
     if scaler_state is not None and acc.scaler is not None:
         acc.scaler.load_state_dict(scaler_state)
 
@@ -220,8 +233,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             state = {"step": step, "stage_steps": done, "data_positions": positions,
                      "ema_updates": [e.num_updates for e in emas], "config": to_dict(cfg),
                      "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
-            per_stage = [{"model": acc.unwrap_model(m).state_dict(), "ema": e.state_dict(), "optim": o.state_dict()}
-                         for m, e, o in zip(models, emas, opts)]
+            per_stage = [{"model": acc.unwrap_model(m).unet.state_dict(), "ema": e.state_dict(),
+                          "optim": o.state_dict()} for m, e, o in zip(models, emas, opts)]
             ckpt.save_checkpoint(root, step, state, per_stage, cfg.keep_checkpoints)
             ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
         acc.wait_for_everyone()
@@ -245,15 +258,14 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             images = {r: x.to(acc.device, non_blocking=True) for r, x in images.items()}
             last = m == len(micro_batches) - 1
             with (_null() if last else acc.no_sync(model)), acc.autocast():
-                loss = stage_loss(cfg, k, model, stages[k], images, captions, lookup, g,
-                                  layout_only=done[k] < cfg.stages[k].layout_warmup) / len(micro_batches)
+                loss = model(images, captions, g, done[k] < cfg.stages[k].extras_warmup) / len(micro_batches)
                 acc.backward(loss)
             step_loss += loss.detach()
         if cfg.optim.grad_clip is not None:
             acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        emas[k].update(acc.unwrap_model(model))
+        emas[k].update(acc.unwrap_model(model).unet)
         done[k] += 1
         step += 1
         window.setdefault(k, []).append(step_loss)

@@ -6,6 +6,8 @@
                    it may name its own starting point with a top-level `preset = "..."`
     overrides      ["optim.lr=1e-4", "stages.0.steps=100", ...]: dotted paths checked against the
                    dataclasses; values parsed as JSON literals when they parse, else kept as strings
+A retired key (a class's `LEGACY`, e.g. `lowres_aug`) is an error that names its replacement; in a
+file it is read as the old spelling, unless the preset below it sets the new one (then also an error).
 A tagged config (a U-Net, a text encoder) is checked against the class its "kind" names, so
 `stages.0.stage.unet.dim=32` is checked against the efficient U-Net's fields; `text_encoder={"kind": "t5",
 "name_or_path": "..."}` swaps the whole entry.
@@ -119,6 +121,9 @@ def _set_path(data: dict, cls: Any, path: list[str], value: Any) -> None:
             names = [f.name for f in dataclasses.fields(dc)] + (["kind"] if kind_of(dc) else [])
             if key not in names:
                 where = ".".join(done) or "the top level"
+                now = getattr(dc, "LEGACY", {}).get(key)  # a retired key (config.py): say what replaced it
+                if now is not None:
+                    raise ConfigError(f"config key {full!r} is retired: write {'.'.join([*done, now])}")
                 raise ConfigError(f"unknown config key {full!r}: {where} has no {key!r}; valid keys are {names}")
             hint = typing.get_type_hints(dc)[key]
         elif isinstance(node, list):

@@ -15,6 +15,7 @@ from typing import Callable
 
 from ..diffusion import Parameterization, ScheduleConfig
 from ..nn.efficient_unet import PRESETS, EfficientUNetConfig
+from ..nn.layout import TextLayoutConfig
 from ..stage import StageConfig
 from ..text import MiniLMEncoderConfig
 from .config import DataConfig, OptimConfig, StageTrainConfig, TrainConfig
@@ -42,7 +43,7 @@ def _stage(resolution: int, unet: EfficientUNetConfig, lowres: bool, logsnr_shif
         parameterization=Parameterization(kind="v"),
         lowres=lowres,
         lowres_schedule=ScheduleConfig(kind="linear"),
-        lowres_aug=0.12 if lowres else 0.0,  # why 0.12: docs/decisions.md#sr-noise-augmentation
+        noise_level=0.12 if lowres else 0.0,  # why 0.12: docs/decisions.md#sr-noise-augmentation
         sampler="dpmpp_2m",
         steps=25,
         guidance=1.0 if lowres else 2.0,  # why 2 and 1: docs/decisions.md#sampling-guidance
@@ -60,7 +61,7 @@ def shapes_tiny() -> TrainConfig:
         stages=(
             StageTrainConfig(stage=_stage(16, base, lowres=False), steps=50, batch_size=8, min_snr_gamma=5.0),
             StageTrainConfig(stage=_stage(32, sr, lowres=True), steps=50, batch_size=8, min_snr_gamma=5.0,
-                             lowres_aug_max=0.5),
+                             noise_level_max=0.5),
         ),
         data=DataConfig(kind="shapes", size=512, seed=0, holdout=True),
         optim=OptimConfig(lr=1e-3, warmup_steps=10, grad_clip=1.0),
@@ -87,7 +88,7 @@ def shapes_small() -> TrainConfig:
     The base follows layout words ("on the left", "above") because its noise schedule is the cosine one
     shifted by -3 in log-SNR and its loss is plain v-MSE (no Min-SNR weights); it binds attributes to
     objects ("a red circle above a blue square": red up, blue down) through its text layout (nn/layout.py,
-    `layout_grid=8`), trained alone for LAYOUT_WARMUP cheap steps, then alongside the diffusion loss.
+    an 8 x 8 extra of its U-Net), trained alone for LAYOUT_WARMUP cheap steps, then alongside the diffusion loss.
     Why, with the measurements: docs/decisions.md#logsnr-shift, #text-layout, #text-layout-plateau.
 
     The SR stage trains on random 32 px crops of the 64 px image (with the matching 16 px low-res
@@ -99,15 +100,15 @@ def shapes_small() -> TrainConfig:
     "The bundled model", has the command and the measured cost); ~0.6 s per base step and ~0.2 s per
     SR step in one single-threaded process.
     """
-    base = _unet("shapes-base", layout_grid=8)
+    base = _unet("shapes-base", extras=(TextLayoutConfig(grid=8, layers=2),))
     sr = _unet("shapes-sr")
     return TrainConfig(
         text_encoder=MINILM,
         stages=(
             StageTrainConfig(stage=_stage(32, base, lowres=False, logsnr_shift=-3.0), steps=LAYOUT_WARMUP + 6000,
-                             batch_size=16, min_snr_gamma=None, layout_warmup=LAYOUT_WARMUP),
+                             batch_size=16, min_snr_gamma=None, extras_warmup=LAYOUT_WARMUP),
             StageTrainConfig(stage=_stage(64, sr, lowres=True), steps=8000, batch_size=16, min_snr_gamma=5.0,
-                             lowres_aug_max=0.3, crop=32),
+                             noise_level_max=0.3, crop=32),
         ),
         data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True),
         optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
