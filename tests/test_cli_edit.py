@@ -401,7 +401,7 @@ def test_run_edit_resolves_the_librarys_defaults(scene, bundled, mode):
     s0, s1 = (s.config for s in bundled.stages)
     assert r.stop_at == 2 and r.steps == [None] * first + [4] * (2 - first)
     assert r.sampler == [None] * first + [s0.sampler, s1.sampler][first:]
-    assert r.noise_level == [None, float(s1.lowres_aug)] and r.guidance[1] == float(s1.guidance)
+    assert r.noise_level == [None, float(s1.noise_level)] and r.guidance[1] == float(s1.guidance)
     assert (r.strength is None) == (mode == "upscale")  # plain super-resolution starts from noise
     repaints = mode in ("inpaint", "outpaint", "upscale-mask")
     assert (r.blend, r.resample) == (("keep_known", 1) if repaints else (None, None))

@@ -199,7 +199,7 @@ def resolve_edit(cascade, request: EditRequest) -> EditRequest:
                                                                each("guidance", lambda c: c.guidance)],
         sampler=each("sampler", lambda c: c.sampler),
         noise_level=[None if not c.lowres or v is None else float(v)
-                     for c, v in zip(cfgs, each("noise_level", lambda c: c.lowres_aug))],
+                     for c, v in zip(cfgs, each("noise_level", lambda c: c.noise_level))],
         strength=None if all(s is None for s in strength) else strength)  # None: no stage starts from the image
 
 
