@@ -20,14 +20,6 @@ STAGE_I = [(2, 7.0), (10, 4.0)]     # (steps, guidance)
 STAGE_II = [(2, 4.0), (10, 2.0)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from diffusers import (IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline, IFInpaintingPipeline,

@@ -25,16 +25,6 @@ PROMPTS = ["A painting of a squirrel eating a burger", "an anime turtle on a red
 TOL = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These models are tiny: with 2 threads on a shared 2-core machine every op waits for a descheduled
-    # worker (~7 ms per op); one thread is several times faster here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("if")
