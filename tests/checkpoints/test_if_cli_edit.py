@@ -21,14 +21,6 @@ STEPS = [(2, 7.0), (10, 4.0)]
 SR_STEPS = [(2, 4.0), (10, 2.0)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("if")
