@@ -12,6 +12,8 @@ _PUBLIC = {
     "Cascade": "cascade", "CascadeOutput": "cascade", "load_model": "load",
     "GenerateRequest": "api", "GenerateResult": "api", "run": "api", "write_pngs": "api",
     "GenerationCancelled": "sampling", "sample_stage": "sampling",
+    "EditRequest": "edit_request", "run_edit": "edit_request",
+    "img2img": "editing", "inpaint": "editing", "outpaint": "editing", "upscale": "editing",
 }
 __all__ = ["__version__", *_PUBLIC]
 
