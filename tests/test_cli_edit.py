@@ -404,7 +404,7 @@ def test_run_edit_resolves_the_librarys_defaults(scene, bundled, mode):
     assert r.noise_level == [None, float(s1.noise_level)] and r.guidance[1] == float(s1.guidance)
     assert (r.strength is None) == (mode == "upscale")  # plain super-resolution starts from noise
     repaints = mode in ("inpaint", "outpaint", "upscale-mask")
-    assert (r.blend, r.resample) == (("keep_known", 1) if repaints else (None, None))
+    assert (r.blend, r.resample) == ((editing.default_blend(bundled, first), 1) if repaints else (None, None))
     assert (r.fill, r.fit) == (("edge", "round") if mode == "outpaint" else (None, None))
     again = api.run_edit(api.EditRequest.from_json(r.to_json()), cascade=bundled, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(result.images, again.images)) and again.request == r
@@ -422,7 +422,7 @@ def test_an_outpaint_size_the_unets_cannot_take_is_rounded_or_refused(capsys, sc
 @pytest.mark.parametrize("args,needles", [
     (["--extend", "right=8", "--fill", "plaid"], ["unknown fill 'plaid'", "edge"]),
     (["--mask", "MASK", "--blend", "smudge"], ["unknown blend 'smudge'", "keep_known", "repaint"]),
-    (["--mask", "MASK", "--resample", "3"], ["resample=3 needs blend='repaint'"]),
+    (["--mask", "MASK", "--blend", "keep_known", "--resample", "3"], ["resample=3 needs blend='repaint'"]),
     (["--strength", "0.1", "--steps", "5"], ["runs no step", "raise the strength or the steps"]),
     (["--mask", "DOT"], ["the mask covers no pixel at stage 0's size 32x32", "larger"]),
 ])

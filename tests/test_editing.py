@@ -60,7 +60,8 @@ def _kept(out, image, mask):
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_keep_known_keeps_the_unmasked_pixels_at_every_stage(cascade, sampler):
     image, mask = _image(32), _mask(32)
-    out = editing.inpaint(cascade, image, mask, P1, sampler=sampler, num_images=2, seed=3, progress=False)
+    out = editing.inpaint(cascade, image, mask, P1, sampler=sampler, blend="keep_known", num_images=2, seed=3,
+                          progress=False)
     assert [tuple(x.shape) for x in out.images] == [(2, 3, 8, 8), (2, 3, 16, 16), (2, 3, 32, 32)]
     assert _kept(out, image, mask) == [(True, True)] * 3
 
@@ -85,7 +86,8 @@ def test_repaint_blend_keeps_the_known_pixels_and_resampling_redoes_steps(cascad
         hook.remove()
     assert n_plain == 3 and len(calls) - n_plain == 3 + 2 * 2  # 3 steps; the two non-final ones redone twice
     assert _kept(plain, image, mask) == _kept(resampled, image, mask) == [(True, True)] * 3
-    keep = editing.inpaint(cascade, image, mask, P1, seed=1, progress=False)
+    keep = editing.inpaint(cascade, image, mask, P1, blend="keep_known", seed=1, progress=False)
+    assert torch.equal(editing.inpaint(cascade, image, mask, P1, seed=1, progress=False).images[0], plain.images[0])
     assert not torch.equal(plain.images[0], keep.images[0]) and not torch.equal(plain.images[0], resampled.images[0])
 
 
@@ -213,7 +215,8 @@ BAD = [
     (lambda c: editing.inpaint(c, IMG, MASK * float("nan"), P1), r"mask has NaN"),
     (lambda c: editing.inpaint(c, IMG, MASK, P1, blend="poisson"), r"unknown blend 'poisson'; choose one of "
                                                                   r"\['keep_known', 'repaint'\]"),
-    (lambda c: editing.inpaint(c, IMG, MASK, P1, resample=3), r"resample=3 needs blend='repaint'"),
+    (lambda c: editing.inpaint(c, IMG, MASK, P1, blend="keep_known", resample=3),
+     r"resample=3 needs blend='repaint'"),
     (lambda c: editing.inpaint(c, IMG, MASK, P1, blend="repaint", resample=0), r"resample must be a whole number"),
     (lambda c: editing.inpaint(c, _image(64), _dot(64), P1), r"the mask covers no pixel at stage 0's size 8x8"),
     (lambda c: editing.outpaint(c, IMG, P1), r"nothing to extend"),

@@ -194,6 +194,8 @@ def resolve_edit(cascade, request: EditRequest) -> EditRequest:
     named = ("fill", "fit") if req.mode == "outpaint" else ()
     named += ("blend", "resample") if kind == "inpaint" else ()
     chosen = {k: params[k].default if getattr(req, k) is None else getattr(req, k) for k in named}
+    if "blend" in chosen and chosen["blend"] is None:  # the library chooses by model (editing.default_blend)
+        chosen["blend"] = editing.default_blend(cascade, first)
     return dataclasses.replace(
         req, **chosen, steps=each("steps", lambda c: c.steps), guidance=[None if g is None else float(g) for g in
                                                                each("guidance", lambda c: c.guidance)],

@@ -45,6 +45,9 @@ OUR_DEFAULTS = {
     ("img2img", False): dict(strength=0.7), ("inpaint", False): dict(strength=1.0),
     ("img2img", True): dict(strength=1.0), ("inpaint", True): dict(strength=1.0), ("upscale", True): {},
 }
+# The inpainting blend when none is named: IF's keep_known for IF stages (diffusers' semantics); for ours
+# RePaint's re-noising: as many correct objects, a smaller seam (docs/decisions.md#inpainting-blend).
+OUR_BLEND = "repaint"
 UPSCALE_STRENGTH = 0.8   # upscale(original= or strength=): the first stage's img2img-SR default (IF's)
 _NOT_HERE = ("height", "width", "image", "plan", "first_stage")  # set by the edit itself
 
@@ -151,11 +154,11 @@ def img2img(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, st
 
 
 def inpaint(cascade: Cascade, image: Tensor, mask: Tensor, prompts: str | Sequence[str], *, strength=None,
-            blend: str = "keep_known", resample: int = 1, **kw) -> CascadeOutput:
+            blend: str | None = None, resample: int = 1, **kw) -> CascadeOutput:
     """Repaint where `mask` is white (>= 0.5), keep the rest, at every stage. `blend`: "keep_known"
     (IF's: the known region is the clean image throughout) or "repaint" (RePaint: re-noised to each step's
-    level; `resample` = r redoes every step r times). `strength` None = the model's defaults (1.0; IF
-    stage II 0.8)."""
+    level; `resample` = r redoes every step r times); None = the model's (IF: keep_known, ours: repaint).
+    `strength` None = the model's defaults (1.0; IF stage II 0.8)."""
     P = _n_prompts(prompts)
     image = _check_image(image, P)
     return _edit(cascade, prompts, "inpaint", image, _check_mask(mask, image, P), strength, blend, resample, kw)
@@ -163,7 +166,7 @@ def inpaint(cascade: Cascade, image: Tensor, mask: Tensor, prompts: str | Sequen
 
 def outpaint(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, left: int = 0, right: int = 0,
              top: int = 0, bottom: int = 0, fill: str = "edge", fit: str = "round", strength=None,
-             blend: str = "keep_known", resample: int = 1, **kw) -> CascadeOutput:
+             blend: str | None = None, resample: int = 1, **kw) -> CascadeOutput:
     """Extend the canvas by the given pixels on each side and paint the new area (inpainting its mask).
     The new area starts as `fill` ("edge": the border pixels repeated, "reflect", "gray"). The canvas is
     scaled so its short side is each stage's size; when that is not whole multiples of a U-Net's
@@ -184,7 +187,7 @@ def outpaint(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, l
 
 
 def upscale(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, from_stage: int = 1, strength=None,
-            mask: Tensor | None = None, original: Tensor | None = None, blend: str = "keep_known",
+            mask: Tensor | None = None, original: Tensor | None = None, blend: str | None = None,
             resample: int = 1, **kw) -> CascadeOutput:
     """Enlarge a user's `image` with the super-resolution stages from `from_stage` on: the image is the
     low-res input of that stage (resized to the stage before it). With `strength` or `original`
@@ -215,12 +218,19 @@ def upscale(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, fr
 # the one path every edit takes
 
 
+def default_blend(cascade, first: int = 0) -> str:
+    """The blend used when none is named: IF's keep_known on IF stages, else OUR_BLEND."""
+    return "keep_known" if cascade.stages[first].config.unet_kind == "if" else OUR_BLEND
+
+
 def _edit(cascade, prompts, mode, image, mask, strength, blend, resample, kw, *, first=0, lowres=None,
           exact=False) -> CascadeOutput:
     for k in _NOT_HERE:
         if k in kw:
             raise ValueError(f"{k}= is set by the edit itself (sizes follow the image: resize or extend the "
                              "image instead)")
+    if blend is None:
+        blend = default_blend(cascade, first)
     if blend not in BLENDS:
         raise ValueError(f"unknown blend {blend!r}; choose one of {list(BLENDS)}")
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
