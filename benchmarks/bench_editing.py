@@ -10,7 +10,8 @@ scenes whose ground truth the renderer knows (cases and success criteria: editin
 Everything goes through editing.py with the model's defaults (steps, guidance, strengths); batches of
 BATCH cases, batch k seeded `seed + k`, so the numbers do not depend on the machine.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_editing.py            # ~10 min on 2 cores
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_editing.py            # ~8 min on 2 cores (load ~1)
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_editing.py --tried    # + ~7 min: the variants tried
     PYTHONPATH=src .venv/bin/python benchmarks/bench_editing.py --quick    # ~1 min, prints; writes only --json
     PYTHONPATH=src .venv/bin/python benchmarks/bench_editing.py --render   # README section from the JSON
 
@@ -251,7 +252,7 @@ def main() -> None:
     p.add_argument("--tried", action="store_true", help="also the variants tried where a floor was missed "
                    "(img2img strengths 0.1 / 0.2 / 1.0, outpainting with keep_known and half the width, upscaling at "
                    "noise level 0, "
-                   "the edited captions drawn from scratch): ~6 more minutes")
+                   "the edited captions drawn from scratch): ~7 more minutes")
     p.add_argument("--only", default="inpaint,img2img,outpaint,upscale", help="comma-separated tasks")
     p.add_argument("--n", default="", help="cases per task, e.g. inpaint=60 (defaults: %s)" % SIZES["full"])
     p.add_argument("--blends", default=",".join(f"{b}:{r}" for b, r in BLENDS), help="inpainting blends")
