@@ -135,7 +135,7 @@ def sample_stage(
         if after_step is not None:
             replaced = after_step(step)
             if replaced is not None:
-                step.x = replaced.to(step.x)
+                step.x = replaced  # the sampler casts it to its state's dtype
         if callback is not None and callback(step) is False:
             raise GenerationCancelled(stage_index, step.i)
         return step.x
