@@ -146,6 +146,7 @@ def write_pngs(result: GenerateResult, out_dir: str | os.PathLike, *, stages: st
     each file appears whole or not at all (written beside, then renamed)."""
     from PIL.PngImagePlugin import PngInfo
 
+    from . import infotext
     from .data.transforms import to_pil
 
     out = Path(out_dir)
@@ -159,6 +160,7 @@ def write_pngs(result: GenerateResult, out_dir: str | os.PathLike, *, stages: st
             info = PngInfo()
             info.add_text(PNG_KEY, json.dumps({"request": request, "stage": k, "index": i, "version": __version__},
                                               sort_keys=True))
+            info.add_text(infotext.PNG_KEY, infotext.infotext(request, prompt, k, img.size, __version__))  # A1111's
             path = out / f"{i:02d}-{_slug(prompt)}-stage{k}-{res}px.png"
             tmp = path.with_name(path.name + ".tmp")
             img.save(tmp, format="PNG", pnginfo=info)

@@ -342,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sampler", choices=SAMPLER_NAMES, default=None)
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(func=cmd_evaluate)
+
+    from .serve.cli import add_parser as add_serve  # serve/cli.py: the command's code lives with the server
+
+    add_serve(sub, _positive_int, _model_name)
     return p
 
 
