@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,10 @@ def create_app(settings: Settings, *, model: str | None = None, sr: str | None =
         yield
         app.state.ctx.queue.stop()
 
-    app = FastAPI(title="openimagen", version=__version__, lifespan=lifespan,
+    quiet = {}
+    if "telemetry" in inspect.signature(FastAPI).parameters:  # FastAPI >= 0.16x: never export, even if env asks
+        quiet["telemetry"] = {"auto_configure": False, "tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="openimagen", version=__version__, lifespan=lifespan, **quiet,
                   description="Local text-to-image with a cascaded diffusion model. Our API is /api/v1; "
                               "A1111's subset is /sdapi/v1; OpenAI's image generation is /v1/images/generations.")
     app.state.ctx = Context(settings, ModelInfo(model, sr, loaded[0]),

@@ -19,10 +19,6 @@ COOKIE = "openimagen_token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def _host_name(value: str) -> str:
     value = value.strip().lower()
     if value.startswith("["):  # [::1]:8765
@@ -70,31 +66,35 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > limit:
             return await _error(send, 413, "body_too_large", f"the body is {length} bytes; the limit is {limit}")
 
-        seen = 0
-        started = False
+        state = {"seen": 0, "started": False, "refused": False}
 
         async def counted_receive():
-            nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge()
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > limit and not state["refused"]:
+                    # Answer now and tell the app the client left: frameworks turn exceptions raised
+                    # while reading the body into their own 400, which would hide the reason.
+                    state["refused"] = True
+                    if not state["started"]:
+                        await _error(send, 413, "body_too_large", f"the body passed the limit of {limit} bytes")
+                    return {"type": "http.disconnect"}
             return message
 
         async def marked_send(message):
-            nonlocal started
+            if state["refused"]:
+                return
             if message["type"] == "http.response.start":
-                started = True
+                state["started"] = True
                 if set_cookie:
                     message = dict(message, headers=[*message.get("headers", []), (b"set-cookie", set_cookie)])
             await send(message)
 
         try:
             await self.app(scope, counted_receive, marked_send)
-        except BodyTooLarge:
-            if not started:
-                await _error(send, 413, "body_too_large", f"the body passed the limit of {limit} bytes")
+        except Exception:
+            if not state["refused"]:
+                raise
 
 
 def _token(headers: dict, query: bytes) -> str | None:
