@@ -6,7 +6,7 @@ import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
@@ -114,10 +114,15 @@ async def job_events(job_id: str, request: Request):
 
 @router.get("/jobs/{job_id}/preview.png")
 async def job_preview(job_id: str, request: Request):
-    preview = _job(request, job_id).preview
-    if preview is None:
-        raise HTTPException(404, "no preview now (previews exist while a job runs)")
-    return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})
+    """The latest x0_hat preview while the job runs; once it ends, its first image (a late <img> still
+    gets a picture) or 204 (nothing was made). Previews are not kept past their job."""
+    job = _job(request, job_id)
+    preview = job.preview
+    if preview is not None:
+        return Response(preview, media_type="image/png", headers={"Cache-Control": "no-store"})
+    if job.done and job.images:
+        return RedirectResponse(job.images[0]["url"], status_code=303)
+    return Response(status_code=204)
 
 
 @router.post("/jobs/{job_id}/cancel")
