@@ -218,31 +218,6 @@ def test_gallery_survives_a_restart(start_server, tmp_path):
         second.stop()
 
 
-@pytest.mark.slow  # two fresh interpreters loading torch and the text encoder: ~40 s on 2 cores
-def test_serve_command_prints_its_url_and_answers(tiny_model, tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-m", "openimagen.cli", "--threads", "1", "serve", "--port", "0",
-                             "--model", tiny_model[0], "--out", str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("openimagen serve: http://127.0.0.1:"), line
-        url = line.split()[2]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert httpx.get(url + "api/v1/health").json()["status"] == "ok"
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.2)
-    finally:
-        proc.terminate()
-        proc.wait(20)
-
-
 def test_serve_off_loopback_without_a_token_is_one_line_and_exit_2(capsys, monkeypatch):
     monkeypatch.delenv("OPENIMAGEN_TOKEN", raising=False)
     assert main(["serve", "--host", "0.0.0.0"]) == 2
