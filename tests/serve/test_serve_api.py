@@ -183,6 +183,24 @@ def test_inpaint_keeps_the_unmasked_pixels_and_png_info_reads_it_back(client):
     assert client.get(f"/api/v1/images/{done['images'][0]['id']}/parameters").json() == info
 
 
+def test_cheap_candidates_then_upscale_the_chosen_one(client):
+    from serve_helpers import sse_events
+
+    job = client.post("/api/v1/jobs", json={"prompt": "a red circle", "stop_at": 1, "num_images": 2, "seed": 8,
+                                            "steps": 2}).json()
+    done = sse_events(client, job["events_url"])[-1][1]
+    assert [(i["width"], i["stage"]) for i in done["images"]] == [(8, 0), (8, 0)]  # base stage only
+    up = client.post("/api/v1/jobs", json={"prompt": "a red circle", "kind": "upscale", "seed": 1, "steps": 2,
+                                           "image_id": done["images"][1]["id"]}).json()
+    events = sse_events(client, up["events_url"])
+    assert {d["stage"] for k, d in events if k == "progress"} == {1}  # only the SR stage runs
+    assert [(i["width"], i["stage"]) for i in events[-1][1]["images"]] == [(16, 1)]
+    again = sse_events(client, up["events_url"] , until=("completed",))  # a finished job replays its log
+    assert [k for k, _ in again] == [k for k, _ in events]
+    with client.stream("GET", up["events_url"], headers={"last-event-id": str(len(events) - 1)}) as r:
+        assert [ln for ln in r.iter_lines() if ln.startswith("event: ")] == ["event: completed"]  # resumes
+
+
 def test_token_is_required_when_set(start_server, tmp_path):
     s = start_server(tmp_path, token="s3cret")
     try:

@@ -78,6 +78,18 @@ def test_generate_shows_progress_a_preview_and_the_image(page, server):
     page.screenshot(path=str(server.app.state.ctx.settings.out_dir / "page.png"))
 
 
+def test_quick_candidates_then_upscale_one_from_the_gallery(page, server):
+    _open(page, server.url)
+    page.fill("#steps", "2")
+    page.click("#candidates")
+    page.wait_for_selector("#status[data-state='completed']", timeout=30000)
+    assert page.eval_on_selector_all("#result img", "xs => xs.map(i => i.naturalWidth)") == [8, 8, 8, 8]
+    page.evaluate("() => { document.querySelector('#status').dataset.state = ''; }")
+    page.locator("#gallery figure").first.get_by_role("button", name="upscale").click()
+    page.wait_for_selector("#status[data-state='completed']", timeout=30000)
+    assert page.eval_on_selector_all("#result img", "xs => xs.map(i => i.naturalWidth)") == [16]
+
+
 def test_cancel_stops_the_running_job_and_empties_the_queue(page, server):
     _open(page, server.url)
     page.fill("#steps", "400")
