@@ -178,7 +178,7 @@ Retry-After it was given, then submits its next job).
 |---|---|
 | accepted (202) / rejected (429) / other answers | {r['accepted']} / {r['rejected_429']} / {len(r['other_answers'])} |
 | accepted jobs completed, images on disk, in the gallery index exactly once | {r['completed']} of {r['accepted']}, {'yes' if r['all_on_disk'] else 'NO'}, {'yes' if r['gallery_records_per_job'] == [1] else 'NO ' + str(r['gallery_records_per_job'])} |
-| jobs lost / run twice | {len(r['not_completed'])} / {len(r['jobs_in_gallery_not_accepted'])} |
+| jobs lost (accepted, not completed) / run twice (more than one gallery record) / in the gallery unasked | {len(r['not_completed'])} / {0 if r['gallery_records_per_job'] == [1] else 'SOME: ' + str(r['gallery_records_per_job'])} / {len(r['jobs_in_gallery_not_accepted'])} |
 | server resident memory after a warm-up job -> after the run | {r['rss_mb_before']} MB -> {r['rss_mb_after']} MB (**{r['rss_growth_mb']:+} MB**, bound 100 MB) |
 | queue wait p50 / p95 | {r['queue_wait_s']['p50']} s / {r['queue_wait_s']['p95']} s |
 | run time p50 / p95 | {r['run_s']['p50']} s / {r['run_s']['p95']} s |
