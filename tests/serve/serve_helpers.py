@@ -14,7 +14,7 @@ class Server:
 
         from openimagen.serve import create_app
 
-        self.app = create_app(settings, model=model_dir, loaded=[loaded])
+        self.app = create_app(settings, model=model_dir, loaded=[loaded] * len(settings.devices))
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

@@ -158,6 +158,8 @@ def test_oversized_bodies_and_foreign_hosts_are_refused(client):
     assert client.get("/api/v1/health", headers={"host": "evil.example:80"}).status_code == 400  # DNS rebinding
     r = client.post("/api/v1/jobs", json={"prompt": "x"}, headers={"origin": "http://evil.example"})
     assert r.status_code == 403 and r.json()["error"] == "bad_origin"
+    assert client.post("/api/v1/jobs/x/cancel", headers={"origin": "null"}).status_code == 403  # sandboxed frames
+    assert client.post("/api/v1/jobs/x/cancel", headers={"origin": client.base_url.scheme + "://127.0.0.1"}).status_code == 404
 
 
 def test_health_and_capabilities(client):
@@ -199,6 +201,22 @@ def test_cheap_candidates_then_upscale_the_chosen_one(client):
     assert [k for k, _ in again] == [k for k, _ in events]
     with client.stream("GET", up["events_url"], headers={"last-event-id": str(len(events) - 1)}) as r:
         assert [ln for ln in r.iter_lines() if ln.startswith("event: ")] == ["event: completed"]  # resumes
+
+
+def test_one_worker_per_device_runs_jobs_side_by_side(start_server, tmp_path):
+    s = start_server(tmp_path, devices=("cpu", "cpu"))  # two workers sharing one copy here (read-only weights)
+    try:
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            ids = [c.post("/api/v1/jobs", json={"prompt": "a red circle", **LONG}).json()["id"] for _ in range(3)]
+            deadline = time.monotonic() + 20
+            while len((snap := c.get("/api/v1/queue").json())["running"]) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert sorted(j["id"] for j in snap["running"]) == sorted(ids[:2]) and [j["id"] for j in snap["pending"]] == ids[2:]
+            for i in ids:
+                c.post(f"/api/v1/jobs/{i}/cancel")
+    finally:
+        s.stop()
 
 
 def test_token_is_required_when_set(start_server, tmp_path):

@@ -45,11 +45,8 @@ def create_app(settings: Settings, *, model: str | None = None, sr: str | None =
     if len(loaded) != len(settings.devices):
         raise ValueError(f"{len(loaded)} loaded models for {len(settings.devices)} devices; give one per device")
     gallery = Gallery(settings.out_dir)
-    holder = {}
-
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        holder["queue"] = app.state.ctx.queue
         yield
         app.state.ctx.queue.stop()
 

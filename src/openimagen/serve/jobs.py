@@ -114,11 +114,11 @@ class JobQueue:
         self._cond = threading.Condition()
         self._pending: collections.deque[Job] = collections.deque()
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
-        self._running: dict[str, Job] = {}
+        self._running: dict[int, Job] = {}  # worker index -> its job
         self._stopping = False
         self._run_times: collections.deque[float] = collections.deque(maxlen=20)
-        self._threads = [threading.Thread(target=self._work, args=(dev, model), name=f"openimagen-worker-{dev}",
-                                          daemon=True) for dev, model in workers]
+        self._threads = [threading.Thread(target=self._work, args=(k, dev, model), name=f"openimagen-worker-{k}-{dev}",
+                                          daemon=True) for k, (dev, model) in enumerate(workers)]
         for t in self._threads:
             t.start()
 
@@ -188,7 +188,7 @@ class JobQueue:
 
     # -- workers -----------------------------------------------------------------------------------
 
-    def _work(self, device: str, model) -> None:
+    def _work(self, worker: int, device: str, model) -> None:
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
@@ -196,7 +196,7 @@ class JobQueue:
                 if self._stopping:
                     return
                 job = self._pending.popleft()
-                self._running[device] = job
+                self._running[worker] = job
             t0 = time.perf_counter()
             try:
                 self._run_job(job, model, device, self.settings, self.gallery)
@@ -206,7 +206,7 @@ class JobQueue:
                     job.finish("failed", {"code": "internal", "message": f"{type(e).__name__}: {e}"})
             finally:
                 with self._cond:
-                    self._running.pop(device, None)
+                    self._running.pop(worker, None)
                     self._run_times.append(time.perf_counter() - t0)
 
     def _remember(self, job: Job) -> None:

@@ -50,8 +50,8 @@ class Guard:
             if "token" in parse_qs(scope.get("query_string", b"").decode("latin-1")):
                 set_cookie = f"{COOKIE}={got}; Path=/; HttpOnly; SameSite=Strict".encode("latin-1")
         origin = headers.get("origin")
-        if method not in SAFE_METHODS and origin and origin != "null":
-            o = urlsplit(origin).hostname or ""
+        if method not in SAFE_METHODS and origin:  # "null" (sandboxed frames, file:) counts as foreign too
+            o = (urlsplit(origin).hostname or "") if origin != "null" else "null"
             o = f"[{o}]" if ":" in o else o
             if None not in self.names and o not in self.names and o != host:
                 return await _error(send, 403, "bad_origin", f"requests from {origin} are not allowed")
