@@ -3,6 +3,7 @@ for txt2img and img2img with a mask, and OpenAI's own Python client for /v1/imag
 import base64
 import io
 import json
+import time
 
 import httpx
 import numpy as np
@@ -96,3 +97,15 @@ def test_openai_client_images_generate(server):
     assert [m.id for m in client.models.list()][0].endswith("tiny-cascade0")
     with pytest.raises(openai.BadRequestError, match="WIDTHxHEIGHT"):
         client.images.generate(prompt="x", size="huge")
+
+
+def test_a_sync_client_that_goes_away_cancels_its_job(server):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 1000, "width": 16,
+                                                          "height": 16}, timeout=1.0)
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/api/v1/queue").json()["running"]:  # nobody would see its images: it stops
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert c.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
