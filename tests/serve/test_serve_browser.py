@@ -42,8 +42,9 @@ def server(start_server, tmp_path_factory):
 @pytest.fixture
 def page(browser):
     page = browser.new_page()
-    problems = []
-    page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+    problems, page.expected_console = [], []  # a test that provokes an error response names it
+    page.on("console", lambda m: m.type == "error" and not any(x in m.text for x in page.expected_console)
+            and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
 
     def only_loopback(route):
@@ -88,6 +89,26 @@ def test_quick_candidates_then_upscale_one_from_the_gallery(page, server):
     page.locator("#gallery figure").first.get_by_role("button", name="upscale").click()
     page.wait_for_selector("#status[data-state='completed']", timeout=30000)
     assert page.eval_on_selector_all("#result img", "xs => xs.map(i => i.naturalWidth)") == [16]
+
+
+def test_a_full_queue_shows_the_servers_429_and_a_reload_reattaches(page, server):
+    page.expected_console.append("status of 429")  # Chrome logs every error response; this one is the point
+    _open(page, server.url)
+    page.fill("#steps", "400")
+    try:
+        for _ in range(6):  # 1 running + max_queue 4 waiting, then 429
+            page.click("#generate")
+            page.wait_for_timeout(150)
+        page.wait_for_selector("#error:not([hidden])", timeout=10000)
+        assert "the queue is full; try again in" in page.text_content("#error")
+        assert page.locator("#queue li").count() == 5
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('step')", timeout=20000)
+    finally:
+        for job in server.queue.snapshot()["pending"] + server.queue.snapshot()["running"]:
+            server.queue.cancel(job["id"])
+    page.wait_for_function("document.querySelectorAll('#queue li').length === 0", timeout=20000)
 
 
 def test_cancel_stops_the_running_job_and_empties_the_queue(page, server):
