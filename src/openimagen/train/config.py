@@ -76,6 +76,7 @@ class DataConfig:
     seed: int = 0                       # shapes: which scenes; folder/webdataset: crop randomness
     holdout: bool = True                # shapes: never train on STANDARD_HOLDOUT combinations (for evaluation)
     kind_weights: dict | None = None    # shapes: relative frequency of scene kinds; None = shapes.KIND_WEIGHTS
+    phrasing: str = "templates"         # shapes: "templates" | "natural" (captions as people write them, data/shapes_phrasings.py)
     missing_captions: str = "error"     # folder: "error" | "skip" | "empty"
     hflip: bool = False                 # flips turn "a red square left of a circle" into a lie
     num_workers: int = 0                # DataLoader worker processes
@@ -90,6 +91,8 @@ class DataConfig:
                 check_kind_weights(self.kind_weights)
             except ValueError as e:
                 raise ConfigError(f"data.kind_weights: {e}") from None
+        if self.phrasing not in ("templates", "natural"):
+            raise ConfigError(f"data.phrasing={self.phrasing!r}; choose 'templates' or 'natural'")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
         if self.missing_captions not in ("error", "skip", "empty"):
