@@ -15,13 +15,13 @@ from typing import ClassVar
 
 from ..config import ConfigError, rename_legacy
 from ..stage import StageConfig
-from ..text import MiniLMEncoderConfig, T5EncoderConfig
+from ..text import MiniLMEncoderConfig, SpelledEncoderConfig, T5EncoderConfig
 
 DATA_KINDS = ("shapes", "folder", "webdataset")
 PRECISIONS = ("no", "bf16", "fp16")
 ORDERS = ("sequential", "interleaved")
 # The encoders a run can train with: precomputed embeddings have no encoder to embed new captions.
-TRAIN_TEXT_ENCODERS = (MiniLMEncoderConfig, T5EncoderConfig)
+TRAIN_TEXT_ENCODERS = (MiniLMEncoderConfig, T5EncoderConfig, SpelledEncoderConfig)
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     stages: tuple[StageTrainConfig, ...]
-    text_encoder: MiniLMEncoderConfig | T5EncoderConfig = field(default_factory=MiniLMEncoderConfig)
+    text_encoder: MiniLMEncoderConfig | T5EncoderConfig | SpelledEncoderConfig = field(default_factory=MiniLMEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mixed_precision: str = "no"         # "no" | "bf16" (CPU and GPU) | "fp16" (GPU only)
