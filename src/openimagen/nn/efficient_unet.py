@@ -387,4 +387,9 @@ PRESETS: dict[str, Callable[..., EfficientUNetConfig]] = {
                          attn_levels=(False, False, False), cross_attn_levels=(False, False, True),
                          attn_head_dim=32, num_groups=16, text_embed_dim=384, time_embed_dim=128,
                          memory_efficient=True, lowres_cond=True),
+    # the third stage of the three-stage shapes cascade (64 -> 128): narrower, text only at the lowest level
+    "shapes-sr128": _preset(dim=24, dim_mults=(1, 2, 4), num_res_blocks=(1, 1, 2),
+                            attn_levels=(False, False, False), cross_attn_levels=(False, False, True),
+                            attn_head_dim=32, cond_dim=32, num_groups=8, text_embed_dim=384, time_embed_dim=96,
+                            memory_efficient=True, lowres_cond=True),
 }
