@@ -145,9 +145,12 @@ def shapes_128() -> TrainConfig:
       stage 3  `shapes-sr128` (1.6M params) on 32 px crops of the 128 px image, like stage 2 on 64 px
       fp32     this machine's CPU (AVX2, no AVX512-BF16) emulates bf16 ~90x slower than fp32; on a CPU
                with native bf16, `--set mixed_precision=bf16` is the faster choice
-    Steps are sized for 3 CPU-hours (`/usr/bin/time` user + system) from the fp32 per-step costs
-    measured in one single-threaded process (README, "The three-stage model"): base ~0.45 s, SR 64
-    ~0.15 s, SR 128 ~0.15 s per batch of 16 -- to be confirmed by the run itself.
+    Steps are sized for 3 CPU-hours (`/usr/bin/time` user + system) from the fp32 CPU time per step of
+    16 measured in one single-threaded process on the 2-core development machine: base 2.15 s (layout
+    warm-up steps ~0.25 s), SR 64 0.45 s, SR 128 0.45 s; so 3000 warm-up + 2800 base steps ~6.8k s,
+    3200 + 3200 SR steps ~2.9k s, and ~0.6k s for rendering and embedding the 20k scenes and sampling:
+    ~10.3k s in all. Fewer base steps than shapes-small (6000, bf16 on a CPU with native bf16): the
+    price of fp32 on this machine.
     """
     base = _unet("shapes-base", extras=(TextLayoutConfig(grid=8, layers=2),
                                         SpellingConfig(max_chars=SPELL_CHARS, grid=16, width=64, layers=2)))
@@ -155,14 +158,14 @@ def shapes_128() -> TrainConfig:
     return TrainConfig(
         text_encoder=SpelledEncoderConfig(MINILM, max_chars=SPELL_CHARS),
         stages=(
-            StageTrainConfig(stage=_stage(32, base, lowres=False, logsnr_shift=-3.0), steps=LAYOUT_WARMUP + 12_000,
+            StageTrainConfig(stage=_stage(32, base, lowres=False, logsnr_shift=-3.0), steps=LAYOUT_WARMUP + 2800,
                              batch_size=16, min_snr_gamma=None, extras_warmup=LAYOUT_WARMUP),
-            StageTrainConfig(stage=_stage(64, sr64, lowres=True), steps=10_000, batch_size=16, min_snr_gamma=5.0,
+            StageTrainConfig(stage=_stage(64, sr64, lowres=True), steps=3200, batch_size=16, min_snr_gamma=5.0,
                              noise_level_max=0.3, crop=32),
-            StageTrainConfig(stage=_stage(128, sr128, lowres=True), steps=10_000, batch_size=16, min_snr_gamma=5.0,
+            StageTrainConfig(stage=_stage(128, sr128, lowres=True), steps=3200, batch_size=16, min_snr_gamma=5.0,
                              noise_level_max=0.3, crop=32),
         ),
-        data=DataConfig(kind="shapes", size=30_000, seed=0, holdout=True, phrasing="natural"),
+        data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True, phrasing="natural"),
         optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
         mixed_precision="no",
         ema_decay=0.999,
@@ -170,7 +173,7 @@ def shapes_128() -> TrainConfig:
         log_every=20,
         checkpoint_every=250,
         keep_checkpoints=2,
-        sample_every=2000,
+        sample_every=0,   # one grid at the end: a grid of three stages costs ~1 CPU-minute
         sample_prompts=SHAPES_128_PROMPTS,
         sample_steps=25,
     )
