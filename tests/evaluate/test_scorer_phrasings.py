@@ -42,3 +42,21 @@ def test_random_sign_words_are_legible_at_128_px():
     report = score_many(images, [f'a sign that says "{w}"' for w in words])
     assert report.accuracy["word"] == 1.0, [i for i in report.items if not i["scores"]["word"]]
     assert score(render(Scene("word", word=words[0]), 128), f"a sign that says {words[1]}")["word"] is False
+
+
+def test_natural_benchmark_file_is_the_committed_generator_output_and_covers_every_phrasing():
+    from openimagen.data.shapes import WORDS, parse_caption
+    from openimagen.evaluate.benchmark import NATURAL_EXAMPLES, generate_natural_prompts, load_benchmark_prompts
+    from openimagen.evaluate.run import read_prompts
+
+    prompts = load_benchmark_prompts("natural")
+    assert prompts == generate_natural_prompts() == read_prompts("natural") and len(prompts) >= 100
+    assert prompts[:len(NATURAL_EXAMPLES)] == list(NATURAL_EXAMPLES)
+    specs = [parse_caption(p) for p in prompts]
+    assert {s.kind for s in specs} == {"single", "relation", "count", "word", "and"}
+    assert sum(s.kind == "word" and s.word not in WORDS for s in specs) >= 20
+    assert any(s.background is None for s in specs) and any(p[0].isupper() for p in prompts)
+    assert any(s.kind == "single" and s.objects[0].size is None and s.objects[0].position is None for s in specs)
+    for needle in ("a pair of", "exactly", "against", "beneath", "on a gray background, "):
+        assert any(needle in p.lower() for p in prompts), needle
+    assert any(any(ch.isdigit() for ch in p) for p in prompts)
