@@ -11,8 +11,9 @@ before its output, token k a fixed one-hot code of letter k of the prompt's quot
     letter code: channel 0 is unused (so an all-zero token is no letter), channels 1..26 = A..Z
 
 Nothing is learned here, so the embedding cache stores it like any encoder's output. A U-Net reads the
-letter tokens through its spelling extra (nn/spelling.py), which splits them off before its text path:
-a U-Net without that extra must not be given a spelled encoder. Why a fixed code and a U-Net extra
+letter tokens through its spelling extra (nn/spelling.py), which splits them off before its text path;
+a U-Net without that extra sees them as ordinary text tokens (the SR stages of the shapes-128 recipe do,
+and may learn to use them). Why a fixed code and a U-Net extra
 rather than a learned character encoder in the text path: docs/decisions.md#character-encoding.
 
 The word is, in order: text in double quotes; else the word after says / saying / reading / reads /

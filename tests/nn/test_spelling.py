@@ -125,3 +125,17 @@ def test_bad_spelling_settings_are_clear_errors():
     x, t = _inputs(["a"])
     with pytest.raises(ValueError, match="SpelledEncoderConfig"):
         spelled(x, t, torch.randn(1, K, D), torch.ones(1, K, dtype=torch.bool))
+
+
+def test_a_spelling_extra_needs_a_spelled_encoder_of_its_length():
+    import dataclasses
+
+    from openimagen.config import ConfigError
+    from openimagen.train.presets import shapes_128
+
+    cfg = shapes_128()
+    assert cfg.text_encoder.max_chars == cfg.stages[0].stage.extras[1].max_chars
+    with pytest.raises(ConfigError, match="spelled"):
+        dataclasses.replace(cfg, text_encoder=MiniLMEncoderConfig(max_length=32))
+    with pytest.raises(ConfigError, match="max_chars=8"):
+        dataclasses.replace(cfg, text_encoder=SpelledEncoderConfig(max_chars=5))

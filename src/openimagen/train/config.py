@@ -154,6 +154,13 @@ class TrainConfig:
         if not isinstance(self.text_encoder, TRAIN_TEXT_ENCODERS):
             raise ConfigError(f"text_encoder must be one of {[c.__name__ for c in TRAIN_TEXT_ENCODERS]} (kinds "
                               f"{[c.kind for c in TRAIN_TEXT_ENCODERS]}), got {self.text_encoder!r}")
+        for i, s in enumerate(self.stages):   # a spelling extra reads letter tokens only a spelled encoder writes
+            for e in s.stage.extras:
+                want = getattr(e, "max_chars", None) if getattr(e, "reads", "text") == "letters" else None
+                have = getattr(self.text_encoder, "max_chars", None)
+                if want is not None and want != have:
+                    raise ConfigError(f"stages.{i} has a spelling extra of max_chars={want}, so text_encoder must be "
+                                      f'{{"kind": "spelled", "max_chars": {want}, "base": ...}}; got {self.text_encoder!r}')
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}; choose one of {list(PRECISIONS)}")
         if self.order not in ORDERS:
