@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", help="score prompt fidelity of a model on shapes-world prompts")
     v.add_argument("--model", default=None, help=f"model folder (default: {DEFAULT_MODEL_HELP})")
-    v.add_argument("--prompts", default=None, help="text file, one shapes-world caption per line (default: the shipped benchmark)")
+    v.add_argument("--prompts", default=None, help="text file, one shapes-world caption per line, or a shipped benchmark: "
+                   "'templates' (the default) or 'natural'")
     v.add_argument("--out", required=True, help="folder for images and scores.json")
     v.add_argument("--steps", type=_positive_int("--steps"), default=None)
     v.add_argument("--guidance", type=float, default=None)

@@ -17,7 +17,7 @@ and a model's null condition cannot silently drift away from what the encoder pr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, Sequence, runtime_checkable
 
@@ -53,7 +53,19 @@ class PrecomputedEncoderConfig:
     dim: int
 
 
-TextEncoderConfig = MiniLMEncoderConfig | T5EncoderConfig | PrecomputedEncoderConfig
+@dataclass(frozen=True)
+class SpelledEncoderConfig:
+    """`base`'s tokens after `max_chars` tokens that spell the prompt's quoted word (spelling.py)."""
+    kind: ClassVar[str] = "spelled"
+    base: MiniLMEncoderConfig | T5EncoderConfig = field(default_factory=MiniLMEncoderConfig)
+    max_chars: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.max_chars, bool) or not isinstance(self.max_chars, int) or self.max_chars < 1:
+            raise ValueError(f"max_chars={self.max_chars!r} must be an int >= 1 (letters spelled per prompt)")
+
+
+TextEncoderConfig = MiniLMEncoderConfig | T5EncoderConfig | PrecomputedEncoderConfig | SpelledEncoderConfig
 
 
 def text_encoder_config(spec: dict | TextEncoderConfig, where: str = "text_encoder") -> TextEncoderConfig:
@@ -264,6 +276,10 @@ def text_encoder_from_spec(spec: dict | TextEncoderConfig, device: str | torch.d
     if isinstance(cfg, T5EncoderConfig):
         return T5Encoder(cfg.name_or_path, cfg.max_length, cfg.if_style, dtype, device,
                          clean_caption=cfg.clean_caption, variant=cfg.variant)
+    if isinstance(cfg, SpelledEncoderConfig):
+        from .spelling import SpelledEncoder
+
+        return SpelledEncoder(text_encoder_from_spec(cfg.base, device, dtype), cfg.max_chars)
     raise ValueError(
         "this model was saved with precomputed text embeddings; pass text_encoder=... or "
         "text_embeds=/text_mask= when generating"

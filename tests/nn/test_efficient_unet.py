@@ -20,6 +20,7 @@ PARAM_RANGES = {
     "sr1024": (3e8, 1e9),
     "shapes-base": (2e6, 5e6),
     "shapes-sr": (1e6, 3e6),
+    "shapes-sr128": (1e6, 3e6),
 }
 
 

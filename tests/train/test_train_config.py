@@ -16,10 +16,11 @@ def test_presets_build_and_round_trip():
         cfg = load_train_config(name, None, [])
         assert isinstance(cfg, TrainConfig)
         assert cfg == factory()
-        assert len(cfg.stages) == 2 and cfg.stages[1].stage.lowres
+        assert len(cfg.stages) >= 2 and all(st.stage.lowres for st in cfg.stages[1:])
     tiny = load_train_config("shapes-tiny", None, [])
     assert tiny.resolutions == (16, 32)
     assert load_train_config("shapes-small", None, []).resolutions == (32, 64)
+    assert load_train_config("shapes-128", None, []).resolutions == (32, 64, 128)
 
 
 def test_overrides_are_typed_and_nested():
@@ -162,5 +163,5 @@ def test_tagged_entries_are_checked_against_the_class_their_kind_names():
     assert cfg.text_encoder == T5EncoderConfig("/models/t5", max_length=32, variant="fp16")
     with pytest.raises(ConfigError, match=r"text_encoder has no 'variant'; valid keys are \['max_length', 'kind'\]"):
         load_train_config("shapes-tiny", None, ["text_encoder.variant=fp16"])  # MiniLM has no variant
-    with pytest.raises(ConfigError, match=r"unknown kind 'precomputed'; valid kinds are \['minilm', 't5'\]"):
+    with pytest.raises(ConfigError, match=r"unknown kind 'precomputed'; valid kinds are \['minilm', 'spelled', 't5'\]"):
         load_train_config("shapes-tiny", None, ['text_encoder={"kind": "precomputed", "dim": 8}'])

@@ -5,7 +5,12 @@ Four kinds of scene, each small enough for a tiny diffusion model to learn at 32
   relation  two objects of different colors, objects[0] left of / right of / above / below objects[1]
   count     2-4 identical small objects of one color and shape, in the cells of a 2x2 grid
   word      a light sign with a 2-4 letter capital word (from `WORDS`) in dark letters
-Every scene has a named background. Captions (several phrasings per kind) live in `shapes_captions`.
+  and       two objects of different colors placed like a relation's, whose caption names no relation
+            (drawn only when asked for: not in KIND_WEIGHTS, in NATURAL_KIND_WEIGHTS)
+Every scene has a named background. Captions (several phrasings per kind) live in `shapes_captions`;
+`phrasing="natural"` writes them as people do instead (`shapes_phrasings`: attributes left out, synonyms,
+digits, word orders, sentence case), with the natural kind mix, and half the signs show a random 3-5
+letter word (`random_word`) rather than a vocabulary one.
 
     world = ShapesWorld(resolution=64, size=10_000, seed=0, holdout=STANDARD_HOLDOUT)
     item = world[0]   # {"image": (3,64,64) float in [-1,1], "caption": str, "scene": JSON str}
@@ -25,9 +30,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from openimagen.config import from_dict, to_dict
+from openimagen.data.shapes_phrasings import draw_caption
 from openimagen.data.shapes_captions import (
     BACKGROUND_NAMES, COLOR_NAMES, KINDS, POSITION_NAMES, RELATION_NAMES, SHAPE_NAMES, SIZE_NAMES,
-    WORDS, ObjectSpec, Spec, caption, parse_caption,
+    WORDS, ObjectSpec, Spec, caption, parse_caption, random_word,
 )
 
 __all__ = [
@@ -57,6 +63,10 @@ SIGN_BOX = (0.06, 0.29, 0.94, 0.71)   # x0, y0, x1, y1 of the sign
 TEXT_SIZE = 0.34                      # font size / image side
 TEXT_STROKE = 0.5                     # extra stroke, output pixels: the bundled font is thin at 64 px
 KIND_WEIGHTS = {"single": 0.35, "relation": 0.25, "count": 0.25, "word": 0.15}
+# phrasing="natural": "and" scenes join in, and signs get more weight (half of them are random words)
+NATURAL_KIND_WEIGHTS = {"single": 0.3, "relation": 0.2, "count": 0.2, "and": 0.1, "word": 0.2}
+RANDOM_WORD_P = 0.5   # phrasing="natural": share of signs with a random 3-5 letter word
+PHRASINGS = ("templates", "natural")
 SUPERSAMPLE = 4
 
 
@@ -110,7 +120,7 @@ class Scene:
         if self.kind == "single":
             o = self.objects[0]
             objs = (ObjectSpec(o.color, o.shape, o.size, o.position),)
-        elif self.kind == "relation":
+        elif self.kind in ("relation", "and"):
             objs = tuple(ObjectSpec(o.color, o.shape) for o in self.objects)
         elif self.kind == "count":
             objs = (ObjectSpec(self.objects[0].color, self.objects[0].shape),)
@@ -142,8 +152,9 @@ def check_kind_weights(weights) -> None:
         raise ValueError(f"kind weights {weights!r} must be numbers >= 0 with a positive sum")
 
 
-def sample_scene(rng: random.Random, kind: str | None = None) -> Scene:
-    """Draw one scene from `rng`. `kind` forces the scene type; by default it follows KIND_WEIGHTS."""
+def sample_scene(rng: random.Random, kind: str | None = None, random_words: float = 0.0) -> Scene:
+    """Draw one scene from `rng`. `kind` forces the scene type; by default it follows KIND_WEIGHTS.
+    `random_words`: the share of signs that show a `random_word` instead of one of `WORDS`."""
     if kind is None:
         kind = rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()))[0]
     if kind not in KINDS:
@@ -154,8 +165,8 @@ def sample_scene(rng: random.Random, kind: str | None = None) -> Scene:
         center = _jittered(rng, POSITIONS[pos], JITTER, SIZES[size])
         obj = Obj(rng.choice(COLOR_NAMES), rng.choice(SHAPE_NAMES), size, center, pos)
         return Scene(kind, (obj,), background)
-    if kind == "relation":
-        relation = rng.choice(RELATION_NAMES)
+    if kind in ("relation", "and"):
+        relation = rng.choice(RELATION_NAMES)   # "and": a layout only, never spoken
         c1, c2 = rng.sample(COLOR_NAMES, 2)       # distinct colors tell the two objects apart
         first, second = (0.27, 0.5), (0.73, 0.5)  # first is left of / above second
         if relation in ("above", "below"):
@@ -165,13 +176,15 @@ def sample_scene(rng: random.Random, kind: str | None = None) -> Scene:
         ext = SIZES["medium"]
         a = Obj(c1, rng.choice(SHAPE_NAMES), "medium", _jittered_rel(rng, first, relation, ext))
         b = Obj(c2, rng.choice(SHAPE_NAMES), "medium", _jittered_rel(rng, second, relation, ext))
-        return Scene(kind, (a, b), background, relation=relation)
+        return Scene(kind, (a, b), background, relation=relation if kind == "relation" else None)
     if kind == "count":
         n, color, shape = rng.choice((2, 3, 4)), rng.choice(COLOR_NAMES), rng.choice(SHAPE_NAMES)
         cells = sorted(rng.sample(range(4), n))
         objs = tuple(Obj(color, shape, "small", _jittered(rng, COUNT_CELLS[c], COUNT_JITTER, SIZES["small"]))
                      for c in cells)
         return Scene(kind, objs, background, count=n)
+    if random_words and rng.random() < random_words:
+        return Scene(kind, (), background, word=random_word(rng))
     return Scene(kind, (), background, word=rng.choice(WORDS))
 
 
@@ -276,11 +289,17 @@ class ShapesWorld:
     split="train" never shows a held-out combination; split="heldout" shows only scenes that
     contain one (needs a holdout). Items are {"image", "caption", "scene"} with "scene" a JSON
     string (`Scene.from_json`), so torch's default collate batches them.
+
+    phrasing="templates" (default) keeps the template captions and KIND_WEIGHTS, scene for scene;
+    "natural" draws NATURAL_KIND_WEIGHTS, random sign words (RANDOM_WORD_P) and natural captions
+    (shapes_phrasings.PHRASING_MIX), all from the item's own seeded rng.
     """
 
     def __init__(self, resolution: int = 64, size: int = 10_000, seed: int = 0,
                  holdout: Holdout | None = None, split: str = "train", kinds: tuple[str, ...] | None = None,
-                 kind_weights: dict[str, float] | None = None):
+                 kind_weights: dict[str, float] | None = None, phrasing: str = "templates"):
+        if phrasing not in PHRASINGS:
+            raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
         if split == "heldout" and (holdout is None or not (holdout.color_shape or holdout.relation)):
@@ -299,6 +318,9 @@ class ShapesWorld:
         self.resolution, self.size, self.seed, self.split = resolution, size, seed, split
         self.holdout, self.kinds = holdout or Holdout(), tuple(kinds) if kinds else None
         self.kind_weights = dict(kind_weights) if kind_weights is not None else None
+        self.phrasing = phrasing
+        if phrasing == "natural" and self.kind_weights is None and not self.kinds:
+            self.kind_weights = dict(NATURAL_KIND_WEIGHTS)
         render(Scene("word", word="OK"), resolution)   # validates resolution now, not in a worker
 
     def __len__(self) -> int:
@@ -318,9 +340,10 @@ class ShapesWorld:
                 kind = None   # sample_scene draws it from KIND_WEIGHTS
             if want_held and kind == "word":
                 continue
-            scene = sample_scene(rng, kind)
+            natural = self.phrasing == "natural"
+            scene = sample_scene(rng, kind, random_words=RANDOM_WORD_P if natural else 0.0)
             if self.holdout.contains(scene) == want_held:
-                return scene, caption(scene, rng)
+                return scene, (draw_caption(scene.spec(), rng)[1] if natural else caption(scene, rng))
         raise RuntimeError(f"no {self.split} scene found for item {i} in 100000 draws; is the holdout too broad?")
 
     def __getitem__(self, i: int) -> dict:

@@ -3,11 +3,14 @@ caption back into the attributes it names.
 
 A `Spec` is what a caption says (no coordinates); `shapes.Scene` is what gets drawn. For every
 template, `parse_caption(caption(spec, rng)) == spec`, so the scorer can check an image against
-any caption the dataset or the benchmark file produces.
+any caption the dataset or the benchmark file produces. The templates here name every attribute;
+`shapes_phrasings` writes captions as people do (attributes left out, synonyms, digits, other word
+orders, sentence case), and the parser reads those too.
 
 Vocabulary rules that keep parsing unambiguous: object colors, background colors, shape names and
 sign words are disjoint sets; sign words are upper case and pairwise at edit distance >= 2 (so an
-OCR reading one letter off still names a unique word).
+OCR reading one letter off still names a unique word). Signs may also show any 3-5 letter word
+(`random_word`), at edit distance >= 2 from every vocabulary word so the two never blur together.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ RELATION_NAMES = ("left of", "right of", "above", "below")   # objects[0] <relat
 COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 WORDS = ("HI", "OK", "GO", "CAT", "DOG", "SUN", "BOX", "ZOO",
          "FISH", "STOP", "MOON", "BIRD", "TREE", "LAMP", "JUMP", "WAVE")
-KINDS = ("single", "relation", "count", "word")
+KINDS = ("single", "relation", "count", "word", "and")   # "and": two objects, no relation between them
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class ObjectSpec:
 
 @dataclass(frozen=True)
 class Spec:
-    """What a caption asserts. kind: single | relation (objects[0] relation objects[1]) | count | word."""
+    """What a caption asserts. kind: single | relation (objects[0] relation objects[1]) | count | word |
+    and (objects[0] and objects[1], placed anywhere). None: the caption does not say (drawn freely)."""
     kind: str
     objects: tuple[ObjectSpec, ...] = ()
     background: str | None = None
@@ -87,6 +91,10 @@ TEMPLATES = {
         "{bg} background with {n} {color} {shapes}",
         "a picture of exactly {n} {color} {shapes}. the background is {bg}",
     ),
+    "and": (
+        "{a_color} {color} {shape} and {a_color2} {color2} {shape2} on a {bg} background",
+        "{bg} background with {a_color} {color} {shape} and {a_color2} {color2} {shape2}",
+    ),
     "word": (
         "a sign that says {word} on a {bg} background",
         "a sign reading {word}, {bg} background",
@@ -110,17 +118,22 @@ def caption(scene, rng: random.Random, template: int | None = None) -> str:
         template = rng.randrange(len(templates))
     if not 0 <= template < len(templates):
         raise ValueError(f"template {template} out of range for kind {spec.kind!r} (0..{len(templates) - 1})")
+    named = [spec.background] + [v for o in spec.objects[:1] if spec.kind == "single" for v in (o.size, o.position)]
+    if any(v is None for v in named):
+        raise ValueError(f"the templates name every attribute, but {spec} leaves some out; use "
+                         f"shapes_phrasings.natural_caption for such a spec")
     fields: dict[str, object] = {"bg": spec.background}
-    if spec.kind in ("single", "relation", "count"):
+    if spec.kind in ("single", "relation", "count", "and"):
         o = spec.objects[0]
         fields.update(color=o.color, a_color=_article(o.color), shape=o.shape, shapes=SHAPE_PLURALS[o.shape])
     if spec.kind == "single":
         pos = rng.choice(_POSITION_PHRASES[o.position])
         fields.update(size=o.size, a_size=_article(o.size), pos=pos, Pos=pos[0].upper() + pos[1:])
-    elif spec.kind == "relation":
+    elif spec.kind in ("relation", "and"):
         o2 = spec.objects[1]
-        fields.update(color2=o2.color, a_color2=_article(o2.color), shape2=o2.shape,
-                      rel=rng.choice(_RELATION_PHRASES[spec.relation]))
+        fields.update(color2=o2.color, a_color2=_article(o2.color), shape2=o2.shape)
+        if spec.kind == "relation":
+            fields.update(rel=rng.choice(_RELATION_PHRASES[spec.relation]))
     elif spec.kind == "count":
         fields.update(n=COUNT_WORDS[spec.count])
     else:
@@ -128,24 +141,62 @@ def caption(scene, rng: random.Random, template: int | None = None) -> str:
     return templates[template].format(**fields)
 
 
+# ----------------------------------------------------------------------------- synonyms
+# What people write besides the template words (shapes_phrasings draws from these); the parser reads
+# both. Kept apart from the template tables so the template captions stay what they always were.
+
+SIZE_SYNONYMS = {"small": ("small", "little", "tiny"), "big": ("big", "large")}
+POSITION_SYNONYMS = {
+    "left": ("on the left", "on the left side", "at the left"),
+    "right": ("on the right", "on the right side", "at the right"),
+    "top": ("at the top", "near the top", "at the top of the picture"),
+    "bottom": ("at the bottom", "near the bottom", "at the bottom of the picture"),
+    "center": ("in the middle", "in the centre", "centred", "centered", "in the center"),
+}
+RELATION_SYNONYMS = {
+    "left of": ("to the left of", "left of", "on the left of"),
+    "right of": ("to the right of", "right of", "on the right of"),
+    "above": ("above", "over", "on top of"),
+    "below": ("below", "under", "beneath", "underneath"),
+}
+BACKGROUND_SYNONYMS = {"grey": "gray"}
+WORD_KEYWORDS = ("says", "saying", "reading", "reads", "word", "text")
+
+
+def random_word(rng: random.Random) -> str:
+    """A 3-5 capital-letter sign word outside the vocabulary, >= 2 edits from every word in `WORDS`."""
+    while True:
+        word = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(rng.randint(3, 5)))
+        if all(_edit_distance(word, w) >= 2 for w in WORDS):
+            return word
+
+
+def _edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
 # ----------------------------------------------------------------------------- parsing
 
-_WORD_RE = re.compile(r"\b(?:says|reading|word|text)\s+\"?([A-Za-z]+)\"?")
-_BG_RES = (re.compile(r"\bthe background is (\w+)"), re.compile(r"\b(?:on an? |with an? )?(\w+) background\b"))
-_NUMBERS = {"two": 2, "three": 3, "four": 4, "2": 2, "3": 3, "4": 4}
+# The sign's word: quoted, else the word after a keyword ("says ZAP", "the word ZAP").
+_QUOTED_RE = re.compile(r"[\"“]([A-Za-z]+)[\"”]")
+_WORD_RE = re.compile(r"\b(?:" + "|".join(WORD_KEYWORDS) + r")\s+([A-Za-z]+)\b")
+_BG_RES = (re.compile(r"\bthe background is (\w+)"),
+           re.compile(r"\b(?:(?:on|with|against) an? )?(\w+) background\b"))
+_NUMBERS = {"two": 2, "three": 3, "four": 4, "2": 2, "3": 3, "4": 4, "pair": 2}
 _POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom",
-                   "center": "center", "middle": "center", "centre": "center"}
+                   "center": "center", "middle": "center", "centre": "center", "centred": "center",
+                   "centered": "center"}
+_SIZE_WORDS = {w: size for size, ws in SIZE_SYNONYMS.items() for w in ws}
 _SINGULAR = {p: s for s, p in SHAPE_PLURALS.items()}
-
-
-def _relation_pattern() -> re.Pattern:
-    # Longest phrases first so "to the left of" wins over "left of".
-    phrases = sorted(((p, r) for r, ps in _RELATION_PHRASES.items() for p in ps), key=lambda x: -len(x[0]))
-    return re.compile(r"\b(" + "|".join(re.escape(p) for p, _ in phrases) + r")\b")
-
-
-_REL_RE = _relation_pattern()
-_REL_OF_PHRASE = {p: r for r, ps in _RELATION_PHRASES.items() for p in ps}
+_REL_OF_PHRASE = {p: r for table in (_RELATION_PHRASES, RELATION_SYNONYMS) for r, ps in table.items() for p in ps}
+# Longest phrases first so "to the left of" wins over "left of".
+_REL_RE = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(_REL_OF_PHRASE, key=len, reverse=True)) + r")\b")
 
 
 def _objects_in(text: str) -> list[tuple[str | None, str, int]]:
@@ -171,15 +222,15 @@ def parse_caption(text: str) -> Spec:
                           f"see openimagen.data.shapes_captions.TEMPLATES for the grammar")
 
     background = None
-    m = _WORD_RE.search(raw)
+    m = _QUOTED_RE.search(raw) or _WORD_RE.search(raw)
     word = m.group(1).upper() if m else None
     rest = (raw[:m.start(1)] + raw[m.end(1):]) if m else raw   # the word never reads as a color
     rest = rest.lower()
     bm = _BG_RES[0].search(rest) or _BG_RES[1].search(rest)
     if bm:
-        background = bm.group(1)
+        background = BACKGROUND_SYNONYMS.get(bm.group(1), bm.group(1))
         if background not in BACKGROUND_NAMES:
-            raise fail(f"unknown background {background!r} (known: {', '.join(BACKGROUND_NAMES)})")
+            raise fail(f"unknown background {bm.group(1)!r} (known: {', '.join(BACKGROUND_NAMES)})")
         rest = rest[:bm.start()] + " " + rest[bm.end():]
     if word is not None:
         return Spec("word", background=background, word=word)
@@ -194,17 +245,21 @@ def parse_caption(text: str) -> Spec:
 
     tokens = re.findall(r"[a-z0-9]+", rest)
     objs = _objects_in(rest)
-    if len(objs) != 1 or objs[0][0] is None:
-        raise fail("expected one colored shape (or a relation, a count, or a sign)")
-    color, shape, plural = objs[0]
     numbers = [_NUMBERS[t] for t in tokens if t in _NUMBERS]
+    if len(objs) == 2 and "and" in tokens and not numbers and not any(p for _, _, p in objs):
+        if any(c is None for c, _, _ in objs):
+            raise fail("each of the two objects needs a color")
+        return Spec("and", tuple(ObjectSpec(c, s) for c, s, _ in objs), background)
+    if len(objs) != 1 or objs[0][0] is None:
+        raise fail("expected one colored shape (or two joined by 'and', a relation, a count, or a sign)")
+    color, shape, plural = objs[0]
     if plural or numbers:
         if len(numbers) != 1:
             raise fail("a count caption needs exactly one number among two, three, four")
         return Spec("count", (ObjectSpec(color, shape),), background, count=numbers[0])
-    sizes = [t for t in tokens if t in SIZE_NAMES]
+    sizes = [_SIZE_WORDS[t] for t in tokens if t in _SIZE_WORDS]
     positions = [_POSITION_WORDS[t] for t in tokens if t in _POSITION_WORDS]
-    if len(sizes) > 1 or len(set(positions)) > 1:
+    if len(set(sizes)) > 1 or len(set(positions)) > 1:
         raise fail(f"conflicting sizes {sizes} or positions {positions}")
     size = sizes[0] if sizes else None
     position = positions[0] if positions else None

@@ -6,14 +6,16 @@ import time
 from pathlib import Path
 
 from ..data.shapes_captions import parse_caption
-from .benchmark import BENCHMARK_PATH
+from .benchmark import BENCHMARK_PATH, BENCHMARKS
 from .scorer import ATTRIBUTES, score_many
 
 BATCH = 10  # prompts per generate call; batch k uses seed + k, so results do not depend on the machine
 
 
 def read_prompts(path: str | Path | None) -> list[str]:
-    """One shapes-world caption per line (blank lines ignored); every line must parse."""
+    """One shapes-world caption per line (blank lines ignored); every line must parse. `path` may also
+    name a shipped benchmark: "templates" (the default) or "natural"."""
+    path = BENCHMARKS.get(path, path) if isinstance(path, str) else path
     path = Path(path) if path is not None else BENCHMARK_PATH
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist; pass a text file with one caption per line")
@@ -58,7 +60,7 @@ def evaluate_model(model: str | None, prompts_file: str | None, out_dir: str, *,
         img.save(out / "images" / f"{i:03d}.png")
 
     report = score_many(images, prompts)
-    settings = {"model": model or "bundled", "prompts": str(prompts_file or BENCHMARK_PATH), "steps": steps,
+    settings = {"model": model or "bundled", "prompts": str(BENCHMARKS.get(prompts_file, prompts_file) or BENCHMARK_PATH), "steps": steps,
                 "guidance": guidance, "sampler": sampler, "seed": seed, "batch": BATCH,
                 "resolution": images.shape[-1], "generate_seconds": round(seconds, 1)}
     (out / "scores.json").write_text(json.dumps({"settings": settings, **report.as_dict()}, indent=2) + "\n")

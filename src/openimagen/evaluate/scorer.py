@@ -11,6 +11,8 @@ Attributes and how each is decided (see segment.py for how objects are found):
   position    single: the object's bbox center lies in the named cell of a 3x3 grid
               (left = left column, middle row; top = middle column, top row; center = middle cell)
   count       number of objects of the named color equals the number
+  both        "and" scenes: two distinct objects, each of its named color and shape (color and shape
+              are also reported, as for a relation)
   relation    the bbox center of objects[0] is displaced from objects[1] by > 0.1 of the image in the
               named direction, and that axis dominates the other (left of: dx < -0.1 and |dx| > |dy|)
   word        Tesseract reads the named word on the sign (None when tesseract is not installed)
@@ -31,7 +33,7 @@ from openimagen.data.shapes import parse_caption
 from openimagen.evaluate.ocr import OCRUnavailable, read_sign
 from openimagen.evaluate.segment import Component, Segmentation, label, opening
 
-ATTRIBUTES = ("color", "shape", "size", "position", "count", "relation", "word", "background")
+ATTRIBUTES = ("color", "shape", "size", "position", "count", "relation", "both", "word", "background")
 RELATION_MARGIN = 0.1
 _POSITION_CELLS = {"left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2), "center": (1, 1)}
 
@@ -95,7 +97,7 @@ def score(image, caption: str, *, details: bool = False):
             pos = position_of(target) if target else None
             out["position"], notes["position"] = pos == o.position, f"{pos} {target.center if target else ''}"
 
-    elif spec.kind == "relation":
+    elif spec.kind in ("relation", "and"):
         a, b = spec.objects
         ca, cb = seg.objects(a.color), seg.objects(b.color)
         out["color"] = bool(ca) and bool(cb)
@@ -108,15 +110,19 @@ def score(image, caption: str, *, details: bool = False):
             key = ((seg.shape_of(ta) == a.shape) + (seg.shape_of(tb) == b.shape), ta.area + tb.area)
             if best_key is None or key > best_key:
                 best, best_key = (ta, tb), key
+        verdict = "relation" if spec.kind == "relation" else "both"
         if best is None:
-            out["shape"], out["relation"] = False, False
-            notes["relation"] = "one of the two objects is missing"
+            out["shape"], out[verdict] = False, False
+            notes[verdict] = "one of the two objects is missing"
         else:
             ta, tb = best
             out["shape"] = best_key[0] == 2
             notes["shape"] = f"{seg.shape_of(ta)}, {seg.shape_of(tb)}"
-            out["relation"] = relation_holds(ta, tb, spec.relation)
-            notes["relation"] = f"{a.color} at {ta.center}, {b.color} at {tb.center}"
+            if spec.kind == "relation":
+                out["relation"] = relation_holds(ta, tb, spec.relation)
+            else:   # both present (the pair exists), each with its shape
+                out["both"] = out["shape"]
+            notes[verdict] = f"{a.color} at {ta.center}, {b.color} at {tb.center}"
 
     elif spec.kind == "count":
         o = spec.objects[0]

@@ -297,12 +297,12 @@ class EfficientUNet(WithExtras, nn.Module):
             noise_level = torch.zeros_like(t) if noise_level is None else noise_level
             emb = emb + self.lowres_time_mlp(noise_level)
             x = torch.cat([x, lowres.to(x.dtype)], dim=1)  # (B, 2C, H, W)
+        letters, letter_mask, text_embeds, text_mask = self.split_letters(text_embeds, text_mask)  # extras.py
         text, mask = self._text(text_embeds, text_mask)
         if self.text_pool is not None:
             emb = emb + self.text_pool(text, mask)
         emb = F.silu(emb)  # every FiLM projection starts with SiLU; do it once
-        extras = [(extra(text, mask), into_input, into_middle)  # each extra's map, (B, D, G, G)
-                  for extra, into_input, into_middle in self.extra_modules()]
+        extras = self.extra_maps(text, mask, letters, letter_mask)  # each extra's map (B, D, G, G), injections
 
         # Plain NCHW on purpose (channels_last is slower on CPU): docs/decisions.md#nchw
         if cfg.coord_channels:
@@ -387,4 +387,9 @@ PRESETS: dict[str, Callable[..., EfficientUNetConfig]] = {
                          attn_levels=(False, False, False), cross_attn_levels=(False, False, True),
                          attn_head_dim=32, num_groups=16, text_embed_dim=384, time_embed_dim=128,
                          memory_efficient=True, lowres_cond=True),
+    # the third stage of the three-stage shapes cascade (64 -> 128): narrower, text only at the lowest level
+    "shapes-sr128": _preset(dim=24, dim_mults=(1, 2, 4), num_res_blocks=(1, 1, 2),
+                            attn_levels=(False, False, False), cross_attn_levels=(False, False, True),
+                            attn_head_dim=32, cond_dim=32, num_groups=8, text_embed_dim=384, time_embed_dim=96,
+                            memory_efficient=True, lowres_cond=True),
 }

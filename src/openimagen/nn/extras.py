@@ -1,14 +1,19 @@
 """Extras of the efficient U-Net: optional modules that read the text and add a spatial map -- one extension point.
 
 `EfficientUNetConfig.extras` is a tuple of kind-tagged configs (JSON `"extras": [{"kind": "layout", ...}]`);
-one kind so far, nn/layout.py's text layout. A config `check`s that it fits the U-Net and `build`s a
-module, which the U-Net registers under the config's kind (so its weights are `<kind>.*`) and uses so:
+two kinds: nn/layout.py's text layout and nn/spelling.py's letter map. A config `check`s that it fits the
+U-Net and `build`s a module, which the U-Net registers under the config's kind (so its weights are
+`<kind>.*`) and uses so:
 
     map = extra(text, mask)        once per forward, from the U-Net's text tokens (B, 1+L, Dc) and mask:
                                    a (B, extra.width, G, G) map. The U-Net adds it to its features after
                                    the input conv and before the middle block, through two zero-initialised
                                    1x1 convs of its own (`<kind>_in`, `<kind>_mid`: `MapInjection`), so a
                                    fresh extra changes nothing the U-Net computes.
+                                   An extra whose config says `reads = "letters"` (the spelling) is called
+                                   with the letter tokens instead: the first `max_chars` tokens of
+                                   text_embeds, which the U-Net splits off before its text path
+                                   (`split_letters`), and their mask.
     extra.aux_loss(x0)             an auxiliary training loss from what the last forward saw (the layout:
                                    its image guess against x0), or None for an extra without one.
 
@@ -29,9 +34,10 @@ from torch import Tensor, nn
 from ..config import ConfigError
 from .layers import zero_init
 from .layout import TextLayoutConfig
+from .spelling import SpellingConfig
 
-ExtraConfig = TextLayoutConfig  # the union of the extra kinds: `A | B` once there is a second
-EXTRA_CONFIGS: tuple[type, ...] = (TextLayoutConfig,)
+ExtraConfig = TextLayoutConfig | SpellingConfig  # the union of the extra kinds
+EXTRA_CONFIGS: tuple[type, ...] = (TextLayoutConfig, SpellingConfig)
 
 # The text layout's fields before it became an extra -> what to write instead (EfficientUNetConfig.LEGACY)
 LEGACY_KEYS = dict.fromkeys(("layout_grid", "layout_layers"), 'extras=[{"kind": "layout", "grid": G, "layers": N}]')
@@ -97,11 +103,36 @@ class WithExtras:
         return [(getattr(self, e.kind), getattr(self, f"{e.kind}_in"), getattr(self, f"{e.kind}_mid"))
                 for e in self.cfg.extras]
 
+    @property
+    def letter_slots(self) -> int:
+        """How many leading tokens of text_embeds are letters (spelling.SpelledEncoder); 0 without a spelling."""
+        return max((e.max_chars for e in self.cfg.extras if getattr(e, "reads", "text") == "letters"), default=0)
+
+    def split_letters(self, text_embeds: Tensor, text_mask: Tensor | None):
+        """(letters (B, K, D), their mask, the base encoder's embeds (B, L, D), its mask)."""
+        K = self.letter_slots
+        if not K:
+            return None, None, text_embeds, text_mask
+        if text_embeds.shape[1] <= K:
+            raise ValueError(f"this U-Net spells (a spelling extra of max_chars={K}), so its text_embeds start with "
+                             f"{K} letter tokens; got only {text_embeds.shape[1]} tokens -- encode prompts with "
+                             f"SpelledEncoderConfig(max_chars={K}) (spelling.py)")
+        letter_mask = None if text_mask is None else text_mask[:, :K]
+        return text_embeds[:, :K], letter_mask, text_embeds[:, K:], None if text_mask is None else text_mask[:, K:]
+
+    def extra_maps(self, text: Tensor, mask: Tensor | None, letters: Tensor | None, letter_mask: Tensor | None):
+        """[(map (B, D, G, G), injection after the input conv, injection before the middle block)] per extra."""
+        out = []
+        for e, (extra, into_input, into_middle) in zip(self.cfg.extras, self.extra_modules()):
+            reads_letters = getattr(e, "reads", "text") == "letters"
+            out.append((extra(letters, letter_mask) if reads_letters else extra(text, mask), into_input, into_middle))
+        return out
+
     def forward_extras(self, text_embeds: Tensor, text_mask: Tensor | None = None) -> None:
         """Only the text path and the extras, for `aux_loss`: a warm-up step skips the U-Net proper."""
+        letters, letter_mask, text_embeds, text_mask = self.split_letters(text_embeds, text_mask)
         text, mask = self._text(text_embeds, text_mask)
-        for extra, _, _ in self.extra_modules():
-            extra(text, mask)
+        self.extra_maps(text, mask, letters, letter_mask)
 
     def aux_loss(self, x0: Tensor) -> Tensor | None:
         """The sum of the extras' auxiliary losses on what the last forward (or forward_extras) saw, for

@@ -15,13 +15,13 @@ from typing import ClassVar
 
 from ..config import ConfigError, rename_legacy
 from ..stage import StageConfig
-from ..text import MiniLMEncoderConfig, T5EncoderConfig
+from ..text import MiniLMEncoderConfig, SpelledEncoderConfig, T5EncoderConfig
 
 DATA_KINDS = ("shapes", "folder", "webdataset")
 PRECISIONS = ("no", "bf16", "fp16")
 ORDERS = ("sequential", "interleaved")
 # The encoders a run can train with: precomputed embeddings have no encoder to embed new captions.
-TRAIN_TEXT_ENCODERS = (MiniLMEncoderConfig, T5EncoderConfig)
+TRAIN_TEXT_ENCODERS = (MiniLMEncoderConfig, T5EncoderConfig, SpelledEncoderConfig)
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class DataConfig:
     seed: int = 0                       # shapes: which scenes; folder/webdataset: crop randomness
     holdout: bool = True                # shapes: never train on STANDARD_HOLDOUT combinations (for evaluation)
     kind_weights: dict | None = None    # shapes: relative frequency of scene kinds; None = shapes.KIND_WEIGHTS
+    phrasing: str = "templates"         # shapes: "templates" | "natural" (captions as people write them, data/shapes_phrasings.py)
     missing_captions: str = "error"     # folder: "error" | "skip" | "empty"
     hflip: bool = False                 # flips turn "a red square left of a circle" into a lie
     num_workers: int = 0                # DataLoader worker processes
@@ -90,6 +91,8 @@ class DataConfig:
                 check_kind_weights(self.kind_weights)
             except ValueError as e:
                 raise ConfigError(f"data.kind_weights: {e}") from None
+        if self.phrasing not in ("templates", "natural"):
+            raise ConfigError(f"data.phrasing={self.phrasing!r}; choose 'templates' or 'natural'")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
         if self.missing_captions not in ("error", "skip", "empty"):
@@ -124,7 +127,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     stages: tuple[StageTrainConfig, ...]
-    text_encoder: MiniLMEncoderConfig | T5EncoderConfig = field(default_factory=MiniLMEncoderConfig)
+    text_encoder: MiniLMEncoderConfig | T5EncoderConfig | SpelledEncoderConfig = field(default_factory=MiniLMEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mixed_precision: str = "no"         # "no" | "bf16" (CPU and GPU) | "fp16" (GPU only)
@@ -151,6 +154,13 @@ class TrainConfig:
         if not isinstance(self.text_encoder, TRAIN_TEXT_ENCODERS):
             raise ConfigError(f"text_encoder must be one of {[c.__name__ for c in TRAIN_TEXT_ENCODERS]} (kinds "
                               f"{[c.kind for c in TRAIN_TEXT_ENCODERS]}), got {self.text_encoder!r}")
+        for i, s in enumerate(self.stages):   # a spelling extra reads letter tokens only a spelled encoder writes
+            for e in s.stage.extras:
+                want = getattr(e, "max_chars", None) if getattr(e, "reads", "text") == "letters" else None
+                have = getattr(self.text_encoder, "max_chars", None)
+                if want is not None and want != have:
+                    raise ConfigError(f"stages.{i} has a spelling extra of max_chars={want}, so text_encoder must be "
+                                      f'{{"kind": "spelled", "max_chars": {want}, "base": ...}}; got {self.text_encoder!r}')
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision={self.mixed_precision!r}; choose one of {list(PRECISIONS)}")
         if self.order not in ORDERS:

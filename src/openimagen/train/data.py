@@ -58,7 +58,8 @@ def build_dataset(cfg: TrainConfig):
         from ..data.shapes import STANDARD_HOLDOUT, ShapesWorld
 
         return _Memo(ShapesWorld(resolution=res, size=d.size, seed=d.seed,
-                                 holdout=STANDARD_HOLDOUT if d.holdout else None, kind_weights=d.kind_weights))
+                                 holdout=STANDARD_HOLDOUT if d.holdout else None, kind_weights=d.kind_weights,
+                                 phrasing=d.phrasing))
     if not d.path:
         raise ValueError(f"data.kind={d.kind!r} needs a path: pass data_path (--data) or set data.path")
     if d.kind == "folder":

@@ -5,6 +5,9 @@
     shapes-small   32 px base + 32 -> 64 px SR on the shapes world: the cascade we ship; about an
                    hour on 2 CPU cores with bf16 autocast (see `shapes_small`'s docstring); scale
                    it with `--set stages.0.steps=...` or `--set optim.lr=...`
+    shapes-128     three stages, 32 px base + 32 -> 64 + 64 -> 128 px, on natural phrasings and random
+                   sign words, with a spelled text encoder: the successor of shapes-small (fp32, sized
+                   for 3 CPU-hours; see `shapes_128`'s docstring)
 
 Every knob is a field of the dataclasses in train/config.py, so any of them can be overridden from a
 TOML/YAML file or the command line; the U-Net shapes come from `nn.efficient_unet.PRESETS`.
@@ -16,8 +19,9 @@ from typing import Callable
 from ..diffusion import Parameterization, ScheduleConfig
 from ..nn.efficient_unet import PRESETS, EfficientUNetConfig
 from ..nn.layout import TextLayoutConfig
+from ..nn.spelling import SpellingConfig
 from ..stage import StageConfig
-from ..text import MiniLMEncoderConfig
+from ..text import MiniLMEncoderConfig, SpelledEncoderConfig
 from .config import DataConfig, OptimConfig, StageTrainConfig, TrainConfig
 
 MINILM = MiniLMEncoderConfig(max_length=32)
@@ -124,7 +128,59 @@ def shapes_small() -> TrainConfig:
     )
 
 
+# Letters spelled per prompt (spelling.py): the longest sign word is 5 letters; 8 leaves room
+SPELL_CHARS = 8
+SHAPES_128_PROMPTS = SHAPES_PROMPTS + ('a sign that says "ZAP"', "a red triangle and a blue circle")
+
+
+def shapes_128() -> TrainConfig:
+    """Three stages, Imagen's shape: 32 px base + 32 -> 64 px SR + 64 -> 128 px SR, ~7.5M parameters (30 MB fp32).
+
+    What changes from shapes-small, and why (issue 16; docs/decisions.md#character-encoding):
+      data     phrasing="natural" (data/shapes_phrasings.py: attributes left out, synonyms, digits, other
+               word orders, "and" scenes, sentence case) and half the signs a random 3-5 letter word
+      text     SpelledEncoderConfig: MiniLM's tokens after 8 one-hot letter tokens of the quoted word
+      base     the same U-Net and text layout, plus a spelling extra (nn/spelling.py, a 16 x 16 letter map
+               at 32 px: a sign's letters are ~6 px apart, two cells)
+      stage 3  `shapes-sr128` (1.6M params) on 32 px crops of the 128 px image, like stage 2 on 64 px
+      fp32     this machine's CPU (AVX2, no AVX512-BF16) emulates bf16 ~90x slower than fp32; on a CPU
+               with native bf16, `--set mixed_precision=bf16` is the faster choice
+    Steps are sized for 3 CPU-hours (`/usr/bin/time` user + system) from the fp32 CPU time per step of
+    16 measured in one single-threaded process on the 2-core development machine: base 2.15 s (layout
+    warm-up steps ~0.25 s), SR 64 0.45 s, SR 128 0.45 s; so 3000 warm-up + 2800 base steps ~6.8k s,
+    3200 + 3200 SR steps ~2.9k s, and ~0.6k s for rendering and embedding the 20k scenes and sampling:
+    ~10.3k s in all. Fewer base steps than shapes-small (6000, bf16 on a CPU with native bf16): the
+    price of fp32 on this machine.
+    """
+    base = _unet("shapes-base", extras=(TextLayoutConfig(grid=8, layers=2),
+                                        SpellingConfig(max_chars=SPELL_CHARS, grid=16, width=64, layers=2)))
+    sr64, sr128 = _unet("shapes-sr"), _unet("shapes-sr128")
+    return TrainConfig(
+        text_encoder=SpelledEncoderConfig(MINILM, max_chars=SPELL_CHARS),
+        stages=(
+            StageTrainConfig(stage=_stage(32, base, lowres=False, logsnr_shift=-3.0), steps=LAYOUT_WARMUP + 2800,
+                             batch_size=16, min_snr_gamma=None, extras_warmup=LAYOUT_WARMUP),
+            StageTrainConfig(stage=_stage(64, sr64, lowres=True), steps=3200, batch_size=16, min_snr_gamma=5.0,
+                             noise_level_max=0.3, crop=32),
+            StageTrainConfig(stage=_stage(128, sr128, lowres=True), steps=3200, batch_size=16, min_snr_gamma=5.0,
+                             noise_level_max=0.3, crop=32),
+        ),
+        data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True, phrasing="natural"),
+        optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
+        mixed_precision="no",
+        ema_decay=0.999,
+        caption_dropout=0.1,
+        log_every=20,
+        checkpoint_every=250,
+        keep_checkpoints=2,
+        sample_every=0,   # one grid at the end: a grid of three stages costs ~1 CPU-minute
+        sample_prompts=SHAPES_128_PROMPTS,
+        sample_steps=25,
+    )
+
+
 TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "shapes-tiny": shapes_tiny,
     "shapes-small": shapes_small,
+    "shapes-128": shapes_128,
 }

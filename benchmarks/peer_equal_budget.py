@@ -1,0 +1,82 @@
+"""The imagen-pytorch side of `bench_equal_budget.py`; runs in the peer's own venv (torch 2.14).
+
+    .peers/imagen-pytorch/bin/python-offline benchmarks/peer_equal_budget.py SETUP.json
+
+SETUP.json: {"data": tensors file, "out": tensors file to write, "result": JSON file to write, "budget_cpu_s", "threads", "batch",
+"seed", "target_params", "attn_levels", "sample_timesteps" (null = imagen-pytorch's 1000), "cond_scale"}.
+The tensors file (torch.save of plain tensors, read with weights_only=True) holds the training set --
+images uint8 (N, 3, R, R), embeds (N, L, D), mask (N, L) -- and the prompts to sample, eval_embeds and
+eval_mask: exactly the embeddings our base trains on. Trains imagen-pytorch with its own defaults (the
+Imagen and Adam settings of peer_imagen_pytorch.Peer, no EMA on either side) on random batches until
+this process has used budget_cpu_s of CPU time, then samples one image per eval prompt and writes
+{"images": uint8 (M, 3, R, R)} to "out" and what it did to "result" (a JSON file: importing
+peer_imagen_pytorch points this process's stdout at stderr).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_imagen_pytorch import search, unzero_  # noqa: E402
+
+
+def main() -> None:
+    from imagen_pytorch import Imagen, Unet
+
+    setup = json.loads(Path(sys.argv[1]).read_text())
+    torch.set_num_threads(setup["threads"])
+    data = torch.load(setup["data"], weights_only=True)
+    images, embeds, mask = data["images"], data["embeds"].float(), data["mask"].bool()
+    N, _, R, _ = images.shape
+    shape = {"resolution": R, "text_dim": embeds.shape[-1], "text_len": embeds.shape[1],
+             "target_params": setup["target_params"], "attn_levels": setup["attn_levels"]}
+    torch.manual_seed(setup["seed"])
+    kwargs, _ = search(shape)
+    # Imagen's defaults (continuous cosine schedule, eps objective, min-SNR weighting, dynamic thresholding,
+    # 1000 sampling steps), cond_drop_prob 0.1 as ImagenTrainer's README uses; only the size is ours.
+    imagen = Imagen(unets=(Unet(**kwargs),), image_sizes=(R,), cond_drop_prob=0.1, text_embed_dim=shape["text_dim"])
+    unet = imagen.unets[0]
+    opt = torch.optim.Adam(unet.parameters(), lr=1e-4, eps=1e-8, betas=(0.9, 0.99))  # ImagenTrainer's defaults
+    g = torch.Generator().manual_seed(setup["seed"])
+    imagen.train()
+    start, steps = time.process_time(), 0
+    while time.process_time() - start < setup["budget_cpu_s"]:
+        idx = torch.randint(0, N, (setup["batch"],), generator=g)
+        m = mask[idx]
+        loss = imagen(images[idx].float() / 255, text_embeds=embeds[idx] * m[:, :, None], text_masks=m, unet_number=1)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        steps += 1
+    train_cpu_s = time.process_time() - start
+
+    timesteps = setup.get("sample_timesteps")
+    if timesteps:  # the same weights in a shorter sampling loop (smoke runs only)
+        short = Imagen(unets=(Unet(**kwargs),), image_sizes=(R,), cond_drop_prob=0.1,
+                       text_embed_dim=shape["text_dim"], timesteps=timesteps)
+        short.unets[0].load_state_dict(unet.state_dict())
+        imagen = short
+    imagen.eval()
+    torch.manual_seed(setup["seed"])
+    out, t0 = [], time.process_time()
+    ee, em = data["eval_embeds"].float(), data["eval_mask"].bool()
+    with torch.no_grad():
+        for k in range(0, len(ee), 10):
+            m = em[k:k + 10]
+            x = imagen.sample(text_embeds=ee[k:k + 10] * m[:, :, None], text_masks=m,
+                              cond_scale=setup["cond_scale"], use_tqdm=False)   # (b, 3, R, R) in [0, 1]
+            out.append((x.clamp(0, 1) * 255).round().to(torch.uint8))
+    torch.save({"images": torch.cat(out)}, setup["out"])
+    Path(setup["result"]).write_text(json.dumps({"steps": steps, "train_cpu_s": round(train_cpu_s, 1),
+                      "sample_cpu_s": round(time.process_time() - t0, 1), "timesteps": timesteps or 1000,
+                      "params": sum(p.numel() for p in unet.parameters()),
+                      "unet_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
