@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import save_json, to_dict
+from .. import faults
+from ..config import to_dict
+from ..io.disk import DiskFullError, check_output_folder, disk_full, disk_full_error
 from ..diffusion import diffusion_loss, q_sample
 from ..diffusion.noise import rand, randn
 from ..cascade import Cascade
@@ -156,7 +158,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
           data_path: str | None = None, progress: bool = True) -> Path:
     """Train every stage of `cfg`; returns `out_dir/model` (the EMA cascade, for `Cascade.from_pretrained`).
 
-    resume: continue from the newest complete checkpoint in out_dir (start afresh if there is none).
+    resume: continue from the newest complete checkpoint in out_dir (from step 0 if the run was killed before
+        its first checkpoint); a folder that holds no run is refused, naming the folders nearby that do.
     max_steps: cap every stage's steps (a smoke run still trains the whole cascade).
     data_path: overrides cfg.data.path; with a shapes-world config it switches to "webdataset" for
         tar shards and to "folder" for anything else.
@@ -173,11 +176,14 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     validate_unets(cfg)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' on the CPU (or 'no')")
-    out, root = Path(out_dir), Path(out_dir) / "checkpoints"
+    out, root = check_output_folder(out_dir), Path(out_dir) / "checkpoints"
     found = ckpt.find_checkpoint(root)
     if found is not None and not resume:
         raise ValueError(f"{out} already holds a training run (checkpoint {found.name}); pass resume=True "
                          "(--resume) to continue it, or choose a new output folder")
+    if resume and found is None and not _holds_run(out):
+        raise ValueError(f"nothing to resume in {out}: it holds no training run (no train_config.json, "
+                         f"checkpoints/ or embeddings/); {_runs_near(out)}, or drop --resume to start a new run there")
     dataset = build_dataset(cfg)
 
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
@@ -199,7 +205,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
                              f"= {world} x {cfg.optim.grad_accum}; make the global batch a multiple of it")
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        save_json(to_dict(cfg), out / "train_config.json")
+        _writing(out, "train_config.json", lambda: ckpt.atomic_write_text(
+            out / "train_config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"))
 
     # -- text: every caption encoded once, into out_dir/embeddings ----------------------------
     lookup = EmbeddingLookup.build(cfg, collect_captions(dataset) + list(cfg.sample_prompts),
@@ -236,6 +243,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             per_stage = [{"model": acc.unwrap_model(m).unet.state_dict(), "ema": e.state_dict(),
                           "optim": o.state_dict()} for m, e, o in zip(models, emas, opts)]
             ckpt.save_checkpoint(root, step, state, per_stage, cfg.keep_checkpoints)
+            faults.point("train.published")
             ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
         acc.wait_for_everyone()
 
@@ -259,13 +267,19 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             last = m == len(micro_batches) - 1
             with (_null() if last else acc.no_sync(model)), acc.autocast():
                 loss = model(images, captions, g, done[k] < cfg.stages[k].extras_warmup) / len(micro_batches)
+                loss = faults.value("train.loss", loss)
                 acc.backward(loss)
             step_loss += loss.detach()
+        if not torch.isfinite(acc.reduce(step_loss.clone(), reduction="sum")).item():  # every rank agrees
+            opt.zero_grad(set_to_none=True)
+            bar.close()
+            raise NonFiniteLossError(_nan_message(cfg, k, step, done[k], step_loss, ckpt.find_checkpoint(root)))
         if cfg.optim.grad_clip is not None:
             acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         emas[k].update(acc.unwrap_model(model).unet)
+        faults.point("train.step")
         done[k] += 1
         step += 1
         window.setdefault(k, []).append(step_loss)
@@ -277,7 +291,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         if step % cfg.checkpoint_every == 0 or finished:
             save()
         if main and ((cfg.sample_every and step % cfg.sample_every == 0) or finished):
-            _sample_grid(cfg, emas, lookup, done, out / "samples" / f"step-{step:07d}.png")
+            grid = out / "samples" / f"step-{step:07d}.png"
+            _writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
     bar.close()
 
     if main and not (out / "model" / "cascade.json").is_file():  # resumed a run that had already finished
@@ -288,6 +303,44 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
 
 # ----------------------------------------------------------------------------------------------
 # helpers of the run
+
+
+class NonFiniteLossError(ValueError):
+    """A step's loss was NaN or inf; the weights were not updated and the run stopped (the message says why)."""
+
+
+def _nan_message(cfg: TrainConfig, k: int, step: int, stage_step: int, loss: Tensor, last: Path | None) -> str:
+    kept = (f"the last good checkpoint {last} is kept (resume from it with --resume)" if last is not None
+            else "no checkpoint was written yet")
+    return (f"stage {k}, step {step + 1} (step {stage_step + 1} of the stage): the loss is {loss.item()}; the run "
+            f"stopped before the update, so no weight saw it, and {kept}; try a lower learning rate "
+            f"(--set optim.lr={cfg.optim.lr / 10:g}), full fp32 (--set mixed_precision=no), or gradient clipping "
+            "(--set optim.grad_clip=1.0); check the data for broken images")
+
+
+def _writing(folder: Path, what: str, write) -> None:
+    """Run `write()`; a full disk becomes one message naming the folder (nothing else is affected)."""
+    try:
+        write()
+    except OSError as e:
+        if not disk_full(e) or isinstance(e, DiskFullError):
+            raise
+        raise disk_full_error(folder, what, 1 << 20, "the checkpoints are intact") from None
+
+
+def _holds_run(folder: Path) -> bool:
+    """A run started there (killed before its first checkpoint, maybe), or `openimagen embed` prepared it."""
+    return ((folder / "train_config.json").is_file() or (folder / "checkpoints").is_dir()
+            or (folder / "embeddings").is_dir())
+
+
+def _runs_near(out: Path) -> str:
+    """Where the runs are: the folders beside `out` that hold one (a typo in --out is the usual cause)."""
+    parent = out.parent if out.parent.is_dir() else Path(".")
+    runs = sorted(p.name for p in parent.iterdir() if p.is_dir() and _holds_run(p))
+    if not runs:
+        return f"no folder in {parent} holds one either"
+    return f"the folders in {parent} that hold runs are {runs[:10]}"
 
 
 class _null:
@@ -338,9 +391,11 @@ def _log_window(cfg, acc, path: Path, window: dict, step: int, done: list[int], 
         bar.set_postfix(stage=k, loss=f"{mean:.4f}")
     window.clear()
     if acc.is_main_process:
-        with open(path, "a", encoding="utf-8") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
+        def append():
+            with open(path, "a", encoding="utf-8") as f:
+                for line in lines:
+                    f.write(json.dumps(line) + "\n")
+        _writing(path.parent, path.name, append)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -378,4 +433,10 @@ def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], pat
         for r, img in enumerate(column):
             grid.paste(img, (c * R, r * R))
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    tmp = path.with_name(f".{path.name}.tmp")  # whole or absent: a kill mid-write leaves no broken PNG
+    try:
+        grid.save(tmp, format="PNG")
+        faults.point("samples.grid", str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
