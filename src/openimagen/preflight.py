@@ -15,6 +15,8 @@ import re
 
 log = logging.getLogger("openimagen")
 
+MAX_GUIDANCE = 1000     # far past any useful scale (IF: 7 for stage I); larger is a typo
+MAX_STEPS = 10_000      # per stage; a discrete schedule has 1000 timesteps, continuous ones saturate long before
 GUIDANCE_MEANING = ("0 ignores the prompt (unconditional), 1 follows it without guidance, higher follows it "
                     "more strictly")
 
@@ -64,8 +66,17 @@ def check_numbers(request) -> None:
     for n in _each(request.noise_level):
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n)):
             raise ValueError(f"--noise-level {n!r} must be a finite number in the stage's range (IF: 0-999)")
+        if g > MAX_GUIDANCE:
+            raise ValueError(f"--guidance {g:g} is far beyond any useful scale (at most {MAX_GUIDANCE}; 1-20 is "
+                             f"usual; {GUIDANCE_MEANING})")
     if isinstance(request.num_images, bool) or not isinstance(request.num_images, int) or request.num_images < 1:
         raise ValueError(f"num_images must be a whole number >= 1, got {request.num_images!r}")
+    if not 0 <= request.seed < 2**63 - request.num_images:
+        raise ValueError(f"--seed {request.seed} must be a whole number in [0, 2^63) (image i uses seed + i)")
+    for n in _each(request.steps):
+        if isinstance(n, int) and not isinstance(n, bool) and n > MAX_STEPS:
+            raise ValueError(f"--steps {n} is more than {MAX_STEPS} sampling steps per stage (25-50 is usual; "
+                             "the model's default is its trained choice)")
 
 
 def noise_range(stage) -> tuple[float, float]:
