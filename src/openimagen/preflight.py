@@ -63,12 +63,12 @@ def check_numbers(request) -> None:
         if g < 0:
             raise ValueError(f"--guidance {g} is negative, which steers away from the prompt; give a number >= 0 "
                              f"({GUIDANCE_MEANING})")
-    for n in _each(request.noise_level):
-        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n)):
-            raise ValueError(f"--noise-level {n!r} must be a finite number in the stage's range (IF: 0-999)")
         if g > MAX_GUIDANCE:
             raise ValueError(f"--guidance {g:g} is far beyond any useful scale (at most {MAX_GUIDANCE}; 1-20 is "
                              f"usual; {GUIDANCE_MEANING})")
+    for n in _each(request.noise_level):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n)):
+            raise ValueError(f"--noise-level {n!r} must be a finite number in the stage's range (IF: 0-999)")
     if isinstance(request.num_images, bool) or not isinstance(request.num_images, int) or request.num_images < 1:
         raise ValueError(f"num_images must be a whole number >= 1, got {request.num_images!r}")
     if not 0 <= request.seed < 2**63 - request.num_images:
