@@ -297,6 +297,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
 
     if main and not (out / "model" / "cascade.json").is_file():  # resumed a run that had already finished
         ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
+    grid = out / "samples" / f"step-{step:07d}.png"
+    if main and not grid.is_file():  # a kill landed in the final grid's write: the checkpoint was already done
+        _writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
     acc.wait_for_everyone()
     return out / "model"
 
