@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import faults
-from ..io.disk import disk_full, disk_full_error
+from ..io.disk import disk_full, disk_full_error, save_safetensors
 
 FORMAT = "openimagen.embeddings/1"
 INDEX = "index.json"
@@ -127,8 +127,6 @@ def _existing_shards(out: Path, spec: dict) -> list[Path]:
 
 
 def _write_shard(path: Path, rows: list[tuple[bytes, Tensor, Tensor]], spec: dict, dtype: str) -> None:
-    from safetensors.torch import save_file
-
     lengths = torch.tensor([m.shape[0] for _, _, m in rows], dtype=torch.int64)
     offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
     offsets[1:] = lengths.cumsum(0)
@@ -140,7 +138,7 @@ def _write_shard(path: Path, rows: list[tuple[bytes, Tensor, Tensor]], spec: dic
     }
     meta = {"format": FORMAT, "encoder_spec": _canonical(spec), "dtype": dtype}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(tensors, tmp, metadata=meta)
     _fsync(tmp)
     faults.point("embeddings.shard", str(tmp))
     os.replace(tmp, path)

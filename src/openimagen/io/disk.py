@@ -56,3 +56,20 @@ def check_output_folder(path, what: str = "--out") -> Path:
         raise ValueError(f"{what} {path}: {probe} is not writable (read-only or owned by another user); "
                          "choose a folder you can write to")
     return path
+
+
+def save_safetensors(tensors: dict, path, metadata: dict | None = None) -> None:
+    """`safetensors.torch.save_file`, with its I/O errors as OSErrors: safetensors reports a full disk as a
+    SafetensorError ("No space left on device (os error 28)"), which `disk_full` must recognise."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- SafetensorError; only its I/O errors are translated
+        text = str(e)
+        for code in DISK_FULL:
+            if f"os error {code})" in text:
+                raise OSError(code, text, str(path)) from None
+        raise

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import from_dict, load_json, save_json, to_dict
+from .disk import save_safetensors
 from ..stage import Stage, StageConfig, unet_class
 from ..text import TextEncoder, text_encoder_from_spec
 
@@ -23,8 +24,6 @@ class ModelFolderError(ValueError):
 
 def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: list[Stage]) -> None:
     """Write the folder; each weights file is written beside and renamed, so it is whole or absent."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = []
@@ -34,7 +33,7 @@ def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: li
         save_json(to_dict(stage.config), d / "config.json")
         state = {n: t.detach().contiguous() for n, t in stage.unet.state_dict().items()}
         tmp = d / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
+        save_safetensors(state, tmp, metadata={"format": "pt"})
         os.replace(tmp, d / "model.safetensors")
         names.append(d.name)
     spec = text_encoder.spec() if text_encoder is not None else None

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .. import faults
-from ..io.disk import disk_full, disk_full_error
+from ..io.disk import disk_full, disk_full_error, save_safetensors
 
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -57,9 +57,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata={"format": "pt"})
     _fsync_file(path)
     faults.point("checkpoint.file", str(path))
 
