@@ -52,7 +52,8 @@ def check_numbers(request) -> None:
     inf, negative guidance)."""
     from .text import check_prompts
 
-    check_prompts(request.prompt)
+    if any(not p.strip() for p in check_prompts(request.prompt)):
+        raise ValueError('empty prompt: describe the image, e.g. "a red circle above a blue square"')
     if request.negative_prompt is not None:
         check_prompts(request.negative_prompt)
     for g in _each(request.guidance):
