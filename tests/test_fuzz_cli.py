@@ -198,6 +198,10 @@ CASES: dict[str, tuple] = {
     "out-read-only": (lambda tmp, m: GEN + ["--out", str(_read_only(tmp) / "o")], ["not writable"]),
     "train-out-is-a-file": (lambda tmp, m: _w(tmp / "t", "mine") or TRAIN + ["--out", str(tmp / "t")],
                             ["is a file"]),
+    "embed-out-is-a-file": (lambda tmp, m: _w(tmp / "e", "mine") or ["embed", "--preset", "shapes-tiny", "--out",
+                                                                    str(tmp / "e")], ["is a file"]),
+    "evaluate-out-is-a-file": (lambda tmp, m: _w(tmp / "v", "mine") or ["evaluate", "--out", str(tmp / "v")],
+                               ["is a file"]),
     "resume-mistyped": (lambda tmp, m: (tmp / "runs" / "real" / "checkpoints").mkdir(parents=True) or
                         TRAIN + ["--out", str(tmp / "runs" / "reall"), "--resume"], ["nothing to resume", "'real'"]),
     # --set, TOML, YAML
