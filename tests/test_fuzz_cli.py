@@ -33,8 +33,6 @@ TRAIN = ["train", "--preset", "shapes-tiny"]
 def tiny_model(folder: Path) -> Path:
     """A tiny untrained two-stage cascade (16 -> 32 px, MiniLM spec), written once per session."""
     from openimagen.cascade import Cascade
-    from openimagen.stage import Stage
-    from openimagen.text import MiniLMEncoderConfig
 
     class _Spec:  # a text-encoder stand-in that only writes its spec (the real one loads when generating)
         def spec(self):
@@ -42,7 +40,6 @@ def tiny_model(folder: Path) -> Path:
 
     c = Cascade.build(type("E", (), {"dim": 384})(), [("tiny", 16), ("tiny", 32)], steps=1, sampler="ddim")
     Cascade(_Spec(), list(c.stages)).save_pretrained(folder)
-    assert MiniLMEncoderConfig().kind == "minilm" and isinstance(c.stages[0], Stage)
     return folder
 
 

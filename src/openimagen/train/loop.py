@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .. import faults
 from ..config import to_dict
-from ..io.disk import DiskFullError, check_output_folder, disk_full, disk_full_error
+from ..io.disk import check_output_folder
 from ..diffusion import diffusion_loss, q_sample
 from ..diffusion.noise import rand, randn
 from ..cascade import Cascade
@@ -45,6 +45,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, validate_unets, with_data_path, with_max_steps
 from .data import EmbeddingLookup, build_dataset, collect_captions, data_batches, next_stage
 from .ema import EMA
+from .guards import NonFiniteLossError, holds_run, nan_message, runs_near, writing
 
 log = logging.getLogger("openimagen.train")
 
@@ -181,9 +182,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     if found is not None and not resume:
         raise ValueError(f"{out} already holds a training run (checkpoint {found.name}); pass resume=True "
                          "(--resume) to continue it, or choose a new output folder")
-    if resume and found is None and not _holds_run(out):
+    if resume and found is None and not holds_run(out):
         raise ValueError(f"nothing to resume in {out}: it holds no training run (no train_config.json, "
-                         f"checkpoints/ or embeddings/); {_runs_near(out)}, or drop --resume to start a new run there")
+                         f"checkpoints/ or embeddings/); {runs_near(out)}, or drop --resume to start a new run there")
     dataset = build_dataset(cfg)
 
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
@@ -205,7 +206,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
                              f"= {world} x {cfg.optim.grad_accum}; make the global batch a multiple of it")
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _writing(out, "train_config.json", lambda: ckpt.atomic_write_text(
+        writing(out, "train_config.json", lambda: ckpt.atomic_write_text(
             out / "train_config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"))
 
     # -- text: every caption encoded once, into out_dir/embeddings ----------------------------
@@ -273,7 +274,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         if not torch.isfinite(acc.reduce(step_loss.clone(), reduction="sum")).item():  # every rank agrees
             opt.zero_grad(set_to_none=True)
             bar.close()
-            raise NonFiniteLossError(_nan_message(cfg, k, step, done[k], step_loss, ckpt.find_checkpoint(root)))
+            raise NonFiniteLossError(nan_message(cfg, k, step, done[k], step_loss, ckpt.find_checkpoint(root)))
         if cfg.optim.grad_clip is not None:
             acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
@@ -292,58 +293,20 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             save()
         if main and ((cfg.sample_every and step % cfg.sample_every == 0) or finished):
             grid = out / "samples" / f"step-{step:07d}.png"
-            _writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
+            writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
     bar.close()
 
     if main and not (out / "model" / "cascade.json").is_file():  # resumed a run that had already finished
         ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
     grid = out / "samples" / f"step-{step:07d}.png"
     if main and not grid.is_file():  # a kill landed in the final grid's write: the checkpoint was already done
-        _writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
+        writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
     acc.wait_for_everyone()
     return out / "model"
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers of the run
-
-
-class NonFiniteLossError(ValueError):
-    """A step's loss was NaN or inf; the weights were not updated and the run stopped (the message says why)."""
-
-
-def _nan_message(cfg: TrainConfig, k: int, step: int, stage_step: int, loss: Tensor, last: Path | None) -> str:
-    kept = (f"the last good checkpoint {last} is kept (resume from it with --resume)" if last is not None
-            else "no checkpoint was written yet")
-    return (f"stage {k}, step {step + 1} (step {stage_step + 1} of the stage): the loss is {loss.item()}; the run "
-            f"stopped before the update, so no weight saw it, and {kept}; try a lower learning rate "
-            f"(--set optim.lr={cfg.optim.lr / 10:g}), full fp32 (--set mixed_precision=no), or gradient clipping "
-            "(--set optim.grad_clip=1.0); check the data for broken images")
-
-
-def _writing(folder: Path, what: str, write) -> None:
-    """Run `write()`; a full disk becomes one message naming the folder (nothing else is affected)."""
-    try:
-        write()
-    except OSError as e:
-        if not disk_full(e) or isinstance(e, DiskFullError):
-            raise
-        raise disk_full_error(folder, what, 1 << 20, "the checkpoints are intact") from None
-
-
-def _holds_run(folder: Path) -> bool:
-    """A run started there (killed before its first checkpoint, maybe), or `openimagen embed` prepared it."""
-    return ((folder / "train_config.json").is_file() or (folder / "checkpoints").is_dir()
-            or (folder / "embeddings").is_dir())
-
-
-def _runs_near(out: Path) -> str:
-    """Where the runs are: the folders beside `out` that hold one (a typo in --out is the usual cause)."""
-    parent = out.parent if out.parent.is_dir() else Path(".")
-    runs = sorted(p.name for p in parent.iterdir() if p.is_dir() and _holds_run(p))
-    if not runs:
-        return f"no folder in {parent} holds one either"
-    return f"the folders in {parent} that hold runs are {runs[:10]}"
 
 
 class _null:
@@ -398,7 +361,7 @@ def _log_window(cfg, acc, path: Path, window: dict, step: int, done: list[int], 
             with open(path, "a", encoding="utf-8") as f:
                 for line in lines:
                     f.write(json.dumps(line) + "\n")
-        _writing(path.parent, path.name, append)
+        writing(path.parent, path.name, append)
 
 
 def _truncate_log(path: Path, step: int) -> None:
