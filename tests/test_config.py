@@ -54,7 +54,8 @@ def test_unknown_or_missing_kind_names_the_valid_kinds():
         from_dict(Scene, {"name": "s", "shape": {"kind": "square"}}, where="scene")
     with pytest.raises(ConfigError, match=r"config\.shape has no \"kind\"; valid kinds are"):
         from_dict(Scene, {"name": "s", "shape": {"radius": 1}})
-    with pytest.raises(ConfigError, match=r"expected a JSON object with a \"kind\""):
+    with pytest.raises(ConfigError, match=r"shape='circle' must be a table with a \"kind\" .* e\.g\. "
+                                          r"shape=\{\"kind\": \"circle\""):
         from_dict(Scene, {"name": "s", "shape": "circle"})
     with pytest.raises(ConfigError, match="kind 'polygon' does not describe Circle"):
         from_dict(Circle, {"kind": "polygon"})

@@ -122,12 +122,19 @@ def run(request: GenerateRequest, *, cascade=None, device: str = "cpu", offload:
         progress: bool = True, callback=None) -> GenerateResult:
     """Generate what `request` asks for; `cascade` is a loaded model (default: load request.model).
     `callback(step)` sees every sampling step (`diffusion.Step`, with x0_hat); False cancels."""
+    from . import preflight
+
+    preflight.check_device(device)
+    preflight.check_numbers(request)
     if cascade is None:
         from .load import load_model
 
+        if request.model is None:
+            preflight.vocabulary_warning(request.prompt)
         cascade = load_model(request.model, sr=request.sr, device="cpu" if offload else device,
                              dtype=PRECISIONS[request.precision])
     req = resolve(cascade, request)
+    preflight.check_resolved(cascade, req, device)
     out = cascade.generate(
         req.prompt, negative_prompt=req.negative_prompt, num_images=req.num_images, steps=req.steps,
         guidance=req.guidance, sampler=req.sampler, noise_level=req.noise_level, height=req.height,

@@ -23,6 +23,7 @@ from torch import Tensor
 from . import options
 from .data.transforms import to_pil
 from .diffusion import SAMPLERS, Parameterization, Step
+from .diffusion.noise import RowGenerators
 from .io import model_folder
 from .io.model_folder import ModelFolderError  # noqa: F401 (re-exported: the error users catch)
 from .sampling import GenerationCancelled, StagePlan, sample_stage  # noqa: F401 (re-exported)
@@ -117,7 +118,9 @@ class Cascade(torch.nn.Module):
         callback: StageCallback | None = None,
         plan: Callable[[int, tuple[int, int, int, int]], StagePlan] | None = None,
     ) -> CascadeOutput:
-        """Run every stage in order. Same seed, same arguments -> identical images.
+        """Run every stage in order. Same seed, same arguments -> identical images; with num_images > 1, image j
+        of every prompt uses seed + j: the same noise as one image with seed + j (the same image, up to ~1e-6
+        of float rounding that depends on the batch size).
 
         Per-stage arguments take one value for all stages or a list with one entry per stage (None = the
         stage's default). `steps` entries are a count, a named IF list ("smart50", "fast27", ...) or an
@@ -160,7 +163,9 @@ class Cascade(torch.nn.Module):
         cond_e, cond_m, unc_e, unc_m = self._encode(prompts, negative_prompt, text_embeds, device, offload)
         rep = lambda t: t.repeat_interleave(num_images, dim=0)
         cond_e, cond_m, unc_e, unc_m = map(rep, (cond_e, cond_m, unc_e, unc_m))
-        generator = torch.Generator("cpu").manual_seed(seed)
+        # Image j of every prompt draws from seed + j, so each image is reproducible alone (--seed S+j).
+        generator = (torch.Generator("cpu").manual_seed(seed) if num_images == 1
+                     else RowGenerators.per_image(seed, len(prompts), num_images))
         B = cond_e.shape[0]
         prev = None if image is None else options.check_image(image, len(prompts), B).to(device)
 

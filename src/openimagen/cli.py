@@ -84,6 +84,9 @@ def _from_png(args, image: str | None = None):
 def _run(request, args) -> int:
     from . import api
 
+    from .io.disk import check_output_folder
+
+    check_output_folder(args.out)  # before the work, not after the images are drawn
     run = api.run_edit if isinstance(request, api.EditRequest) else api.run
     # With --offload every model waits on the CPU and visits the device only while it runs.
     result = run(request, device=args.device, offload=args.offload, progress=not args.quiet)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -96,7 +97,14 @@ def from_dict(cls: type[T] | Any, data: dict, *, where: str = "config") -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints.get(name), value, f"{where}.{name}")
+        try:
+            kwargs[name] = _coerce(hints.get(name), value, f"{where}.{name}")
+        except _TypeMismatch as e:
+            default = fields[name].default
+            if e.where != f"{where}.{name}" or default is dataclasses.MISSING or default is None:
+                raise
+            key = e.where.split(".", 1)[-1]
+            raise _TypeMismatch(e.hint, e.value, e.where, f"{key}={json.dumps(_plain(default))}") from None
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field is missing
@@ -129,29 +137,138 @@ def _pick(members: dict[str, type], data: Any, where: str) -> type:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
+    """`value` checked against the field's declared type `hint` (nested configs built, lists made tuples);
+    a value of another type is a ConfigError naming the field, the value and what to write."""
     members = tagged_members(hint)
     if members is not None:
         if value is None and type(None) in typing.get_args(hint):
             return None
         if isinstance(value, tuple(members.values())):
             return value
+        if isinstance(value, str):  # `--set text_encoder=t5`: a kind's name where its table belongs
+            kind = value if value in members else sorted(members)[0]
+            raise ConfigError(f"{where}={value!r} must be a table with a \"kind\" (one of {sorted(members)}) and "
+                              f"its settings, e.g. {where.split('.', 1)[-1]}={json.dumps(_example(members[kind]))}")
         return from_dict(hint, value, where=where)
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return from_dict(hint, value, where=where)
-    if origin is tuple and isinstance(value, list):
-        args = typing.get_args(hint)
-        inner = args[0] if args else None
-        return tuple(_coerce(inner, v, where) for v in value)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, dict):
+            return from_dict(hint, value, where=where)
+        raise ConfigError(f"{where}={value!r} must be a table of {hint.__name__}'s settings (keys "
+                          f"{[f.name for f in dataclasses.fields(hint)]})")
+    return _typed(hint, value, where)
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in _UNIONS:
-        for arg in typing.get_args(hint):
-            if arg is type(None) and value is None:
-                return None
-            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
-                return from_dict(arg, value, where=where)
-            if typing.get_origin(arg) is tuple and isinstance(value, list):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
                 return _coerce(arg, value, where)
-    return value
+            except ConfigError:
+                continue
+        raise _type_error(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(hint, value, where)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}.{i}") for i, v in enumerate(value))
+        if args and len(value) != len(args):
+            raise _type_error(hint, value, where)
+        return tuple(_coerce(a, v, f"{where}.{i}") for i, (a, v) in enumerate(zip(args or [None] * len(value), value)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(hint, value, where)
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _type_error(hint, value, where)
+    if hint is float:
+        if isinstance(value, str):  # YAML reads 1e-4 as a string; "fast" and "" stay errors
+            try:
+                value = float(value)
+            except ValueError:
+                raise _type_error(hint, value, where) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(hint, value, where)
+        if not math.isfinite(value):
+            raise _TypeMismatch(hint, value, where)
+        return value
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(hint, value, where)
+    if hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise _type_error(hint, value, where)
+    return value  # Any, or an annotation we do not check
+
+
+_NAMES = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string", dict: "a table",
+          type(None): "null"}
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in _UNIONS:
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    if dataclasses.is_dataclass(hint):
+        return f"a {hint.__name__} table"
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+_EXAMPLES = {bool: "true", int: "10", float: "0.0001", str: '"text"', dict: "{}", type(None): "null"}
+
+
+def _example_of(hint: Any, where: str) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    key = where.split(".", 1)[-1]
+    if origin in _UNIONS:
+        hint = next(a for a in args if a is not type(None))
+        return _example_of(hint, where)
+    if origin is tuple:
+        items = [args[0]] * 2 if len(args) == 2 and args[1] is Ellipsis else list(args)
+        inner = [_EXAMPLES.get(a, "...") for a in items]
+        if all(a is float for a in items):
+            inner = ["0.9", "0.99"][:len(items)] + ["0.9"] * max(0, len(items) - 2)
+        if all(a is str for a in items):
+            inner = ['"a red circle"', '"a blue square"'][:len(items)]
+        return f"{key}=[{', '.join(inner)}]"
+    return f"{key}={_EXAMPLES.get(hint, '...')}"
+
+
+class _TypeMismatch(ConfigError):
+    """A value of the wrong type; `from_dict` rewrites the example with the field's default when it has one."""
+
+    def __init__(self, hint: Any, value: Any, where: str, example: str | None = None):
+        self.hint, self.value, self.where = hint, value, where
+        super().__init__(f"{where}={value!r} must be {_describe(hint)}, e.g. {example or _example_of(hint, where)}")
+
+
+def _type_error(hint: Any, value: Any, where: str) -> ConfigError:
+    return _TypeMismatch(hint, value, where)
+
+
+def _example(cls: type) -> dict:
+    """A table for a tagged config class: its kind and its required fields' defaults (for messages)."""
+    out = {"kind": kind_of(cls)}
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            out[f.name] = "..."
+    if "name_or_path" in out:  # the one such field today: T5's
+        out["name_or_path"] = "google/t5-v1_1-base"
+    return out
 
 
 def save_json(cfg: Any, path: str | os.PathLike) -> None:

@@ -209,8 +209,10 @@ def run_edit(request: EditRequest, *, cascade=None, device: str = "cpu", offload
              progress: bool = True, callback=None) -> GenerateResult:
     """Edit what `request` asks for; `cascade` is a loaded model (default: load request.model). The files
     are read and checked before the model loads, so a bad input fails in a moment; `callback` as in `run`."""
-    from . import editing, images
+    from . import editing, images, preflight
 
+    preflight.check_device(device)
+    preflight.check_numbers(request)
     req = resolve_inputs(request)
     image = images.load_image(req.image, sha256=req.sha256["image"])
     original = None if req.original is None else images.load_image(req.original, sha256=req.sha256["original"])
@@ -222,9 +224,12 @@ def run_edit(request: EditRequest, *, cascade=None, device: str = "cpu", offload
     if cascade is None:
         from .load import load_model
 
+        if req.model is None:
+            preflight.vocabulary_warning(req.prompt)
         cascade = load_model(req.model, sr=req.sr, device="cpu" if offload else device,
                              dtype=PRECISIONS[req.precision])
     req = resolve_edit(cascade, req)
+    preflight.check_resolved(cascade, req, device)
     kw = dict(steps=req.steps, guidance=req.guidance, sampler=req.sampler, noise_level=req.noise_level,
               seed=req.seed, num_images=req.num_images, negative_prompt=req.negative_prompt, stop_at=req.stop_at,
               device=device, offload=offload, progress=progress, callback=callback)

@@ -11,7 +11,7 @@ What a file may hold, and what happens to it (one logged line per file names eve
 - more than MAX_PIXELS pixels: refused. Inputs are resized to each stage's size anyway (short side = the
   stage's resolution, aspect kept, as DeepFloyd IF does; editing.py), so a bigger file only costs memory.
 A missing file raises FileNotFoundError, anything else unusable `ImageInputError` (a ValueError). Values
-come from 8-bit integers, so they are finite by construction. PIL only; nothing is unpickled.
+come from 8-bit integers, so they are finite by construction (a float image with NaN/inf pixels is refused). PIL only; nothing is unpickled.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def load_image(path: str | os.PathLike, *, sha256: str | None = None) -> Tensor:
     img, notes = _decode(Path(path), "image", sha256)
     if _has_transparency(img):
         notes.append("transparent pixels composited on white (to repaint them, give a mask that is white there)")
-    img = _flatten(img, background=(255, 255, 255))
+    img = _flatten_file(img, (255, 255, 255), path, "image")
     _note(path, notes)
     return to_tensor(img).unsqueeze(0)  # (1, 3, H, W)
 
@@ -66,7 +66,7 @@ def load_mask(path: str | os.PathLike, *, size: tuple[int, int] | None = None, i
     img, notes = _decode(Path(path), "mask", sha256)
     if _has_transparency(img):
         notes.append("transparent pixels read as black (keep); white marks what to repaint")
-    img = _flatten(img, background=(0, 0, 0)).convert("L")
+    img = _flatten_file(img, (0, 0, 0), path, "mask").convert("L")
     _note(path, notes)
     w, h = img.size
     if size is not None and (h, w) != tuple(int(s) for s in size):
@@ -183,6 +183,14 @@ def _flatten(img, background):
     if img.mode in ("L", "RGB") and "transparency" in img.info:  # a tRNS colour key, not an alpha band
         img = img.convert("RGBA")
     return to_rgb(img, background)
+
+
+def _flatten_file(img, background, path, what: str):
+    """`_flatten`, with a file that cannot be converted (NaN pixels) refused by name."""
+    try:
+        return _flatten(img, background)
+    except ValueError as e:
+        raise ImageInputError(f"{what} {path}: {e}") from None
 
 
 def _note(path, notes: list[str]) -> None:

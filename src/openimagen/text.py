@@ -17,6 +17,7 @@ and a model's null condition cannot silently drift away from what the encoder pr
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, Sequence, runtime_checkable
@@ -97,6 +98,15 @@ def check_prompts(prompts: Sequence[str] | str) -> list[str]:
     for p in prompts:
         if not isinstance(p, str):
             raise ValueError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:  # bytes a terminal passed through undecoded (surrogate escapes)
+            raise ValueError(f"prompt {p[:40]!r}... holds bytes that are not UTF-8 (at character {e.start}); "
+                             "type it again in a UTF-8 terminal, or pass it from a UTF-8 file") from None
+        bad = [c for c in p if unicodedata.category(c) == "Cc" and c not in "\t\n\r"]
+        if bad:
+            raise ValueError(f"prompt {p[:40]!r} holds control character(s) {sorted(set(bad))[:5]}; "
+                             "remove them (a prompt is plain text)")
     return prompts
 
 

@@ -1,4 +1,4 @@
-"""Exact resume: a run SIGKILLed anywhere (mid-step, mid-checkpoint-write) and resumed ends with the
+"""Exact resume: a run SIGKILLed anywhere (mid-step, mid-checkpoint-write, mid-sample-grid) and resumed ends with the
 weights of a run never killed, bit for bit; damaged checkpoints are skipped, never loaded."""
 from __future__ import annotations
 
@@ -29,24 +29,24 @@ from openimagen.train import load_train_config, train
 cfg = load_train_config("shapes-tiny", None, TINY_OVERRIDES)
 train(cfg, sys.argv[1], resume=True, progress=False)
 """
-# Stalls the write of the step-8 checkpoint for a minute, right after stage_0/model.safetensors, so a
-# kill can land while the checkpoint is half written.
-SLOW_STEP_8 = """
-import time
-from openimagen.train import checkpoint as ckpt
-_save = ckpt._save_tensors
-def _slow_save(tensors, path):
-    _save(tensors, path)
-    if path.parent.name == "stage_0" and path.name == "model.safetensors" and ".tmp-step-0000008-" in str(path):
-        time.sleep(60)
-ckpt._save_tensors = _slow_save
-"""
-
-
-def _start(out: Path, hook: str = "") -> subprocess.Popen:
+def _start(out: Path, fault: str | None = None) -> subprocess.Popen:
+    """A run in a fresh process; `fault` ("checkpoint.file:1") SIGKILLs it at that point (openimagen/faults.py)."""
     env = dict(os.environ, PYTHONPATH=SRC)
-    return subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=TESTS, hook=hook), str(out)], env=env,
+    env.pop("OPENIMAGEN_FAULT", None)
+    if fault:
+        env["OPENIMAGEN_FAULT"] = f"{fault}:kill"
+    return subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=TESTS, hook=""), str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _all_readable(out: Path) -> None:
+    from PIL import Image
+
+    for _, p in ckpt.list_checkpoints(out / "checkpoints"):
+        ckpt.load_checkpoint(p, 2)  # raises if any file of any checkpoint on disk is damaged
+    for png in (out / "samples").glob("step-*.png"):
+        with Image.open(png) as im:
+            im.load()
 
 
 def _wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = 120.0) -> None:
@@ -58,6 +58,11 @@ def _wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = 120.0)
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def _finish_killed(proc: subprocess.Popen) -> None:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, out.decode()[-3000:]
 
 
 def _finish(proc: subprocess.Popen) -> None:
@@ -94,20 +99,26 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, embedding
     b = runs["b"]
 
     # kill 1: mid-training, after the step-4 checkpoint and before the next one
-    hook = SLOW_STEP_8  # the step-8 checkpoint write stalls for a minute: kill 2 lands in it
-    p = _start(b, hook)
+    p = _start(b)
     _wait_until(p, lambda: _log_steps(b) >= 6, "step 6")
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert ckpt.find_checkpoint(b / "checkpoints").name == "step-0000004"
+    _all_readable(b)
 
-    # kill 2: inside the write of the step-8 checkpoint (a half-written .tmp folder exists)
-    p = _start(b, hook)
-    tmp_glob = lambda: list((b / "checkpoints").glob(".tmp-step-0000008-*/stage_0/model.safetensors"))
-    _wait_until(p, lambda: bool(tmp_glob()), "the step-8 checkpoint write")
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    # kill 2: inside the write of the step-8 checkpoint (its first file written into the .tmp folder)
+    p = _start(b, "checkpoint.file:1")
+    _finish_killed(p)
+    assert list((b / "checkpoints").glob(".tmp-step-0000008-*/stage_0/model.safetensors"))
     assert ckpt.find_checkpoint(b / "checkpoints").name == "step-0000004"  # the half-written one is ignored
+    _all_readable(b)
+
+    # kill 3: inside the write of the final sample grid, after the last checkpoint
+    p = _start(b, "samples.grid:1")
+    _finish_killed(p)
+    assert ckpt.find_checkpoint(b / "checkpoints").name == "step-0000012"
+    assert not (b / "samples" / "step-0000012.png").exists()  # written beside, never half in place
+    _all_readable(b)
 
     _finish(_start(b))
     _finish(a)
@@ -122,6 +133,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, embedding
     assert [x["loss"] for x in la] == [x["loss"] for x in lb]
     assert not list((b / "checkpoints").glob(".tmp-*"))  # leftovers of the killed writes are swept
     assert sorted(p.name for p in (b / "checkpoints").glob("step-*")) == ["step-0000008", "step-0000012"]
+    assert (b / "samples" / "step-0000012.png").is_file()  # the grid the kill interrupted, written on resume
     # the shipped model folder holds the EMA weights of the last checkpoint
     shipped = load_file(str(b / "model" / "stage_1" / "model.safetensors"))
     assert all(torch.equal(v, sb[f"1/ema/{k}"]) for k, v in shipped.items())

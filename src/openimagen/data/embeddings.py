@@ -36,6 +36,9 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from .. import faults
+from ..io.disk import disk_full, disk_full_error, save_safetensors
+
 FORMAT = "openimagen.embeddings/1"
 INDEX = "index.json"
 SHARD_RE = re.compile(r"^embeds-(\d{6})\.safetensors$")
@@ -92,7 +95,16 @@ def _spec_diff(a: dict, b: dict) -> str:
 def _atomic_write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
+    _fsync(tmp)
     os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,8 +127,6 @@ def _existing_shards(out: Path, spec: dict) -> list[Path]:
 
 
 def _write_shard(path: Path, rows: list[tuple[bytes, Tensor, Tensor]], spec: dict, dtype: str) -> None:
-    from safetensors.torch import save_file
-
     lengths = torch.tensor([m.shape[0] for _, _, m in rows], dtype=torch.int64)
     offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
     offsets[1:] = lengths.cumsum(0)
@@ -128,7 +138,9 @@ def _write_shard(path: Path, rows: list[tuple[bytes, Tensor, Tensor]], spec: dic
     }
     meta = {"format": FORMAT, "encoder_spec": _canonical(spec), "dtype": dtype}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(tensors, tmp, metadata=meta)
+    _fsync(tmp)
+    faults.point("embeddings.shard", str(tmp))
     os.replace(tmp, path)
 
 
@@ -168,11 +180,21 @@ def embed_captions(captions: Iterable[str], encoder, out_dir: str | os.PathLike,
     order = sorted(todo.items(), key=lambda kv: len(kv[1]))
     next_id = 1 + max((int(SHARD_RE.match(p.name).group(1)) for p in shards), default=-1)
     buf: list[tuple[bytes, Tensor, Tensor]] = []
+    flushed = [0]  # rows written by this call
 
     def flush():
         nonlocal next_id, buf
         path = out / f"embeds-{next_id:06d}.safetensors"
-        _write_shard(path, buf, spec, dtype)
+        try:
+            _write_shard(path, buf, spec, dtype)
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+            per_row = encoder.max_length * encoder.dim * torch.finfo(DTYPES[dtype]).bits // 8  # at most
+            raise disk_full_error(out, "the text-embedding cache", per_row * (len(order) - flushed[0]),
+                                  "the shards already finished are kept and reused") from None
+        flushed[0] += len(buf)
         shards.append(path)
         next_id, buf = next_id + 1, []
 
@@ -203,7 +225,14 @@ def embed_captions(captions: Iterable[str], encoder, out_dir: str | os.PathLike,
     count = len(done) + len(order)
     index = {"format": FORMAT, "encoder": spec, "dim": int(encoder.dim), "max_length": int(encoder.max_length),
              "dtype": dtype, "count": count, "shards": [p.name for p in shards]}
-    _atomic_write_json(out / INDEX, index)
+    faults.point("embeddings.index", str(out / INDEX))
+    try:
+        _atomic_write_json(out / INDEX, index)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        (out / (INDEX + ".tmp")).unlink(missing_ok=True)
+        raise disk_full_error(out, f"the embedding cache's {INDEX}", 4096, "every shard is written and kept") from None
     return EmbeddingCache(out)
 
 
@@ -312,6 +341,10 @@ class EmbeddingCache:
             a, b = self._offsets[s][r], self._offsets[s][r + 1]
             f = self._file(s)
             rows.append((f.get_slice("embeds")[a:b], f.get_slice("mask")[a:b]))  # (n, D), (n,)
+            if not torch.isfinite(rows[-1][0]).all():  # a damaged or hand-made file: never train or sample on it
+                raise EmbeddingCacheError(
+                    f"embedding shard {str(self.shards[s])!r} holds NaN or inf values (row {r}, caption {c[:60]!r}); "
+                    "the file is damaged: delete the cache folder and run `openimagen embed` again")
         L = max((m.shape[0] for _, m in rows), default=0)
         if pad_to is not None:
             if pad_to < L:

@@ -98,7 +98,11 @@ def scan_folder(root: str | os.PathLike, caption_keys: Sequence[str] = CAPTION_K
     for img in images:
         t = texts.get(img.with_suffix(""))
         if t is not None:
-            captions[img] = t.read_text(encoding="utf-8-sig", errors="replace").strip()
+            try:
+                captions[img] = t.read_text(encoding="utf-8-sig").strip()
+            except UnicodeDecodeError as e:  # a caption read with replacement marks would train on garbage
+                raise ValueError(f"caption file {str(t)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8 "
+                                 "(e.g. iconv -f latin1 -t utf-8)") from None
     resolved = {img.resolve(): img for img in images}
     for meta in sorted(metas):
         found = _read_metadata(meta, caption_keys)

@@ -57,6 +57,9 @@ def to_rgb(img, background: tuple[int, int, int] = (255, 255, 255)):
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         a = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(a).all():  # a float image can hold NaN/inf; its 8-bit cast would be silently garbage
+            raise ValueError(f"{int((~np.isfinite(a)).sum())} pixel(s) are NaN or inf (a damaged floating-point "
+                             "image); re-export it as an 8- or 16-bit PNG")
         hi = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
         if img.mode == "F" and a.max(initial=0) <= 1.0:
             hi = 1.0  # float images are conventionally in [0, 1]

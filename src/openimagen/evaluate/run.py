@@ -39,7 +39,10 @@ def evaluate_model(model: str | None, prompts_file: str | None, out_dir: str, *,
     import torch
 
     from ..data.transforms import to_pil
+    from ..io.disk import check_output_folder
     from ..load import load_model
+
+    check_output_folder(out_dir)  # before the images are generated, not after
 
     prompts = read_prompts(prompts_file)
     cascade = load_model(model)

@@ -97,17 +97,24 @@ def read_weights(d: Path, *, dtype: torch.dtype = torch.float32, device: str | t
                 loaded = torch.load(f, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 (pickle and zip errors come in many types)
                 raise CheckpointError(f"{f} is not a readable tensor file ({e}); re-download it") from None
-            if not isinstance(loaded, dict):
+            if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
                 raise CheckpointError(f"{f} holds a {type(loaded).__name__}, not a dict of tensors")
-            state.update((k, v.to(device=device, dtype=dtype)) for k, v in loaded.items())
+            state.update((k, _finite(v, k, f).to(device=device, dtype=dtype)) for k, v in loaded.items())
             continue
         try:
             with safe_open(str(f), framework="pt", device="cpu") as sf:
                 for k in sf.keys():
-                    state[k] = sf.get_tensor(k).to(device=device, dtype=dtype)
+                    state[k] = _finite(sf.get_tensor(k), k, f).to(device=device, dtype=dtype)
         except SafetensorError as e:
             raise CheckpointError(f"{f} is not a readable safetensors file ({e}); re-download it") from None
     return state
+
+
+def _finite(v: torch.Tensor, key: str, f: Path) -> torch.Tensor:
+    """Weights with NaN/inf (a garbled file) are refused at load, not discovered as a wrong image."""
+    if v.is_floating_point() and not torch.isfinite(v).all():
+        raise CheckpointError(f"{f} holds NaN/inf values in {key!r}: the file is damaged; re-download it")
+    return v
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> nn.Module:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import from_dict, load_json, save_json, to_dict
+from .disk import save_safetensors
 from ..stage import Stage, StageConfig, unet_class
 from ..text import TextEncoder, text_encoder_from_spec
 
@@ -23,8 +24,6 @@ class ModelFolderError(ValueError):
 
 def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: list[Stage]) -> None:
     """Write the folder; each weights file is written beside and renamed, so it is whole or absent."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = []
@@ -34,7 +33,7 @@ def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: li
         save_json(to_dict(stage.config), d / "config.json")
         state = {n: t.detach().contiguous() for n, t in stage.unet.state_dict().items()}
         tmp = d / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
+        save_safetensors(state, tmp, metadata={"format": "pt"})
         os.replace(tmp, d / "model.safetensors")
         names.append(d.name)
     spec = text_encoder.spec() if text_encoder is not None else None
@@ -51,12 +50,36 @@ def load(folder: str | os.PathLike, *, text_encoder: TextEncoder | None = None, 
     if not index_path.is_file():
         raise ModelFolderError(f"{folder} has no cascade.json: it is not an openimagen model folder")
     index = load_json(index_path)
-    if index.get("format") != FORMAT:
-        raise ModelFolderError(f"{index_path} is not an openimagen cascade index (format={index.get('format')!r})")
-    stages = [_load_stage(folder / name, device, dtype) for name in index["stages"]]
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        got = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise ModelFolderError(f"{index_path} is not an openimagen cascade index (format={got!r})")
+    names = index.get("stages")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ModelFolderError(f"{index_path}: \"stages\" must be a list of stage folder names, e.g. "
+                               f"[\"stage_0\", \"stage_1\"]; got {names!r}")
+    stages = [_load_stage(_inside(folder, name, index_path), device, dtype) for name in names]
     if text_encoder is None and index.get("text_encoder") is not None:
         text_encoder = text_encoder_from_spec(index["text_encoder"])
     return text_encoder, stages
+
+
+def _inside(folder: Path, name: str, index_path: Path) -> Path:
+    """folder/name, refused unless it stays inside the model folder (no "../", no absolute path, no link out)."""
+    d = folder / name
+    root = folder.resolve()
+    if Path(name).is_absolute() or not d.resolve().is_relative_to(root) or d.resolve() == root:
+        raise ModelFolderError(f"{index_path} names the stage folder {name!r}, which is outside the model folder; "
+                               "a model folder may only name its own subfolders (stage_0, stage_1, ...)")
+    return d
+
+
+def check_finite(state: dict, weights) -> None:
+    """Refuse weights holding NaN or inf (a garbled download or disk): they would draw a wrong image silently."""
+    for key, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            bad = int((~torch.isfinite(v)).sum())
+            raise ModelFolderError(f"{weights} holds {bad} NaN/inf value(s) in {key!r}: the file is damaged; "
+                                   "re-download or re-save it")
 
 
 def _load_stage(d: Path, device, dtype) -> Stage:
@@ -78,8 +101,15 @@ def _load_stage(d: Path, device, dtype) -> Stage:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFolderError(f"{weights} is corrupt or not a safetensors file ({e}); re-download or re-save it") from None
+    check_finite(state, weights)
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
+    expected = stage.unet.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (config: {tuple(expected[k].shape)})" for k, v in state.items()
+             if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ModelFolderError(f"{weights} does not match {cfg_path}: wrong shapes {wrong[:3]}; the weights belong to "
+                               "another configuration: restore the config.json saved with them")
     result = stage.unet.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise ModelFolderError(

@@ -53,7 +53,8 @@ class TimeMLP(nn.Module):
         self.fc2 = nn.Linear(emb_dim, emb_dim)
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.fc2(F.silu(self.fc1(timestep_embedding(t, self.sin_dim))))
+        # The features are computed in fp32 and cast to the weights' dtype (fp16/bf16 weights: --precision).
+        return self.fc2(F.silu(self.fc1(timestep_embedding(t, self.sin_dim).to(self.fc1.weight.dtype))))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ Why it survives a kill wherever it lands:
 so a `step-*` folder is always complete, and `latest` names a complete folder or, if it is stale or
 missing, `find_checkpoint` falls back to the newest `step-*` folder that has a readable state.json.
 Leftover `.tmp-*` / `.trash-*` folders are ignored and swept away.
+
+A full disk (ENOSPC, EDQUOT) while writing raises `DiskFullError`: the half-written folder is removed,
+the previous checkpoint stays as it was, and the message names the folder and the space the write needs.
+The named `faults.point`s between the steps let tests kill the process (or fill the disk) at each one.
 """
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from .. import faults
+from ..io.disk import disk_full, disk_full_error, save_safetensors
 
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -50,10 +57,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata={"format": "pt"})
     _fsync_file(path)
+    faults.point("checkpoint.file", str(path))
+
+
+def tensor_bytes(*dicts) -> int:
+    """Bytes the tensors of (nested) dicts take on disk as safetensors (without the small headers)."""
+    total = 0
+    for d in dicts:
+        for v in d.values():
+            if isinstance(v, torch.Tensor):
+                total += v.numel() * v.element_size()
+            elif isinstance(v, dict):
+                total += tensor_bytes(v)
+    return total
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -107,13 +125,27 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(root: str | os.PathLike, step: int, state: dict, stages: list[dict], keep: int) -> Path:
     """Write one checkpoint atomically; `stages[k]` = {"model": sd, "ema": sd, "optim": optimizer sd}.
 
-    Returns the final folder. Call on the main process only.
+    Returns the final folder. Call on the main process only. A full disk raises `DiskFullError` with
+    the half-written folder removed and every earlier checkpoint untouched.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
-    final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
+    try:
+        return _save_checkpoint(root, name, tmp, state, stages, keep)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = find_checkpoint(root)
+        kept = (f"the previous checkpoint {previous} is intact" if previous is not None
+                else "no earlier checkpoint exists")
+        raise disk_full_error(root, f"checkpoint {name}", tensor_bytes(*stages), kept) from None
+
+
+def _save_checkpoint(root: Path, name: str, tmp: Path, state: dict, stages: list[dict], keep: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -128,10 +160,12 @@ def save_checkpoint(root: str | os.PathLike, step: int, state: dict, stages: lis
         _fsync_dir(d)
     _write_text(tmp / "state.json", json.dumps(state, indent=1, sort_keys=True))  # last: marks the folder whole
     _fsync_dir(tmp)
+    faults.point("checkpoint.rename", str(final))
     if final.exists():  # a re-save of the same step (e.g. a resumed run that ends where it started)
         _remove(final)
     os.replace(tmp, final)
     _fsync_dir(root)
+    faults.point("checkpoint.latest", str(root / LATEST))
     atomic_write_text(root / LATEST, name + "\n")
     prune_checkpoints(root, keep)
     return final
@@ -234,12 +268,20 @@ def publish_model(cascade, out_dir: str | os.PathLike, name: str = "model") -> P
     out_dir = Path(out_dir)
     final = out_dir / name
     tmp = out_dir / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    cascade.save_pretrained(tmp)
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            _fsync_file(f)
+    for old in out_dir.glob(f".tmp-{name}-*"):  # ours, or left by a killed process
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        cascade.save_pretrained(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync_file(f)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the model folder {final} is unchanged" if final.exists() else f"{final} is not written yet"
+        raise disk_full_error(out_dir, f"the model folder {name}/", tensor_bytes(cascade.state_dict()), kept) from None
+    faults.point("model.publish", str(final))
     if final.exists():
         _remove(final)
     os.replace(tmp, final)

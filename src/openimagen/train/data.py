@@ -252,8 +252,10 @@ def embed_dataset(cfg: TrainConfig, out_dir, *, data_path: str | None = None, pr
 
     A later `train(cfg, out_dir)` finds the cache and never loads the text encoder.
     """
+    from ..io.disk import check_output_folder
     from .config import with_data_path
 
+    check_output_folder(out_dir)  # before the data is read and the encoder loaded
     cfg = with_data_path(cfg, data_path)
     captions = collect_captions(build_dataset(cfg)) + list(cfg.sample_prompts)
     return ensure_embeddings(cfg, captions, Path(out_dir) / "embeddings", progress=progress)

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import save_json, to_dict
+from .. import faults
+from ..config import to_dict
+from ..io.disk import check_output_folder
 from ..diffusion import diffusion_loss, q_sample
 from ..diffusion.noise import rand, randn
 from ..cascade import Cascade
@@ -43,6 +45,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, validate_unets, with_data_path, with_max_steps
 from .data import EmbeddingLookup, build_dataset, collect_captions, data_batches, next_stage
 from .ema import EMA
+from .guards import NonFiniteLossError, holds_run, nan_message, runs_near, writing
 
 log = logging.getLogger("openimagen.train")
 
@@ -156,7 +159,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
           data_path: str | None = None, progress: bool = True) -> Path:
     """Train every stage of `cfg`; returns `out_dir/model` (the EMA cascade, for `Cascade.from_pretrained`).
 
-    resume: continue from the newest complete checkpoint in out_dir (start afresh if there is none).
+    resume: continue from the newest complete checkpoint in out_dir (from step 0 if the run was killed before
+        its first checkpoint); a folder that holds no run is refused, naming the folders nearby that do.
     max_steps: cap every stage's steps (a smoke run still trains the whole cascade).
     data_path: overrides cfg.data.path; with a shapes-world config it switches to "webdataset" for
         tar shards and to "folder" for anything else.
@@ -173,11 +177,14 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     validate_unets(cfg)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' on the CPU (or 'no')")
-    out, root = Path(out_dir), Path(out_dir) / "checkpoints"
+    out, root = check_output_folder(out_dir), Path(out_dir) / "checkpoints"
     found = ckpt.find_checkpoint(root)
     if found is not None and not resume:
         raise ValueError(f"{out} already holds a training run (checkpoint {found.name}); pass resume=True "
                          "(--resume) to continue it, or choose a new output folder")
+    if resume and found is None and not holds_run(out):
+        raise ValueError(f"nothing to resume in {out}: it holds no training run (no train_config.json, "
+                         f"checkpoints/ or embeddings/); {runs_near(out)}, or drop --resume to start a new run there")
     dataset = build_dataset(cfg)
 
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
@@ -199,7 +206,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
                              f"= {world} x {cfg.optim.grad_accum}; make the global batch a multiple of it")
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        save_json(to_dict(cfg), out / "train_config.json")
+        writing(out, "train_config.json", lambda: ckpt.atomic_write_text(
+            out / "train_config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"))
 
     # -- text: every caption encoded once, into out_dir/embeddings ----------------------------
     lookup = EmbeddingLookup.build(cfg, collect_captions(dataset) + list(cfg.sample_prompts),
@@ -236,6 +244,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             per_stage = [{"model": acc.unwrap_model(m).unet.state_dict(), "ema": e.state_dict(),
                           "optim": o.state_dict()} for m, e, o in zip(models, emas, opts)]
             ckpt.save_checkpoint(root, step, state, per_stage, cfg.keep_checkpoints)
+            faults.point("train.published")
             ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
         acc.wait_for_everyone()
 
@@ -259,13 +268,19 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             last = m == len(micro_batches) - 1
             with (_null() if last else acc.no_sync(model)), acc.autocast():
                 loss = model(images, captions, g, done[k] < cfg.stages[k].extras_warmup) / len(micro_batches)
+                loss = faults.value("train.loss", loss)
                 acc.backward(loss)
             step_loss += loss.detach()
+        if not torch.isfinite(acc.reduce(step_loss.clone(), reduction="sum")).item():  # every rank agrees
+            opt.zero_grad(set_to_none=True)
+            bar.close()
+            raise NonFiniteLossError(nan_message(cfg, k, step, done[k], step_loss, ckpt.find_checkpoint(root)))
         if cfg.optim.grad_clip is not None:
             acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         emas[k].update(acc.unwrap_model(model).unet)
+        faults.point("train.step")
         done[k] += 1
         step += 1
         window.setdefault(k, []).append(step_loss)
@@ -277,11 +292,15 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         if step % cfg.checkpoint_every == 0 or finished:
             save()
         if main and ((cfg.sample_every and step % cfg.sample_every == 0) or finished):
-            _sample_grid(cfg, emas, lookup, done, out / "samples" / f"step-{step:07d}.png")
+            grid = out / "samples" / f"step-{step:07d}.png"
+            writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
     bar.close()
 
     if main and not (out / "model" / "cascade.json").is_file():  # resumed a run that had already finished
         ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
+    grid = out / "samples" / f"step-{step:07d}.png"
+    if main and not grid.is_file():  # a kill landed in the final grid's write: the checkpoint was already done
+        writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
     acc.wait_for_everyone()
     return out / "model"
 
@@ -338,9 +357,11 @@ def _log_window(cfg, acc, path: Path, window: dict, step: int, done: list[int], 
         bar.set_postfix(stage=k, loss=f"{mean:.4f}")
     window.clear()
     if acc.is_main_process:
-        with open(path, "a", encoding="utf-8") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
+        def append():
+            with open(path, "a", encoding="utf-8") as f:
+                for line in lines:
+                    f.write(json.dumps(line) + "\n")
+        writing(path.parent, path.name, append)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -378,4 +399,10 @@ def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], pat
         for r, img in enumerate(column):
             grid.paste(img, (c * R, r * R))
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    tmp = path.with_name(f".{path.name}.tmp")  # whole or absent: a kill mid-write leaves no broken PNG
+    try:
+        grid.save(tmp, format="PNG")
+        faults.point("samples.grid", str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

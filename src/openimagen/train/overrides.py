@@ -58,9 +58,14 @@ def load_train_config(preset: str | None, config_file: str | os.PathLike | None 
 
 def read_config_file(path: str | os.PathLike) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {str(path)!r} is a folder; give the path of a .toml, .yaml or .json file")
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
