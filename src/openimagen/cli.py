@@ -272,7 +272,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=_positive_int("--num-images"), default=1, help="images per prompt")
     p.add_argument("--out", default="openimagen-out", help="output folder for the PNGs (default: openimagen-out)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights dtype (default fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="weights dtype (default auto: bf16 where the device computes it natively, else fp32; "
+                        "fp16 on CUDA without bf16)")
 
 
 def build_parser() -> argparse.ArgumentParser:

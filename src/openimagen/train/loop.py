@@ -38,6 +38,7 @@ from ..config import save_json, to_dict
 from ..diffusion import diffusion_loss, q_sample
 from ..diffusion.noise import rand, randn
 from ..cascade import Cascade
+from ..precision import training_mixed_precision
 from ..stage import Stage
 from . import checkpoint as ckpt
 from .config import TrainConfig, validate_unets, with_data_path, with_max_steps
@@ -190,7 +191,10 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
 
     # A warm-up step of the extras leaves the rest of the U-Net without gradients; DDP must expect that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=any(st.extras_warmup for st in cfg.stages))
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=launched and not torch.cuda.is_available(),
+    # "auto" is decided here, on the machine that trains (a resumed run on another machine decides again).
+    mixed = training_mixed_precision(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    log.info("mixed precision: %s (asked: %s)", mixed, cfg.mixed_precision)
+    acc = Accelerator(mixed_precision=mixed, cpu=launched and not torch.cuda.is_available(),
                       kwargs_handlers=[ddp])
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     for i, st in enumerate(cfg.stages):
@@ -277,7 +281,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         if step % cfg.checkpoint_every == 0 or finished:
             save()
         if main and ((cfg.sample_every and step % cfg.sample_every == 0) or finished):
-            _sample_grid(cfg, emas, lookup, done, out / "samples" / f"step-{step:07d}.png")
+            _sample_grid(cfg, emas, lookup, done, mixed, out / "samples" / f"step-{step:07d}.png")
     bar.close()
 
     if main and not (out / "model" / "cascade.json").is_file():  # resumed a run that had already finished
@@ -358,7 +362,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 @torch.no_grad()
-def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], path: Path) -> None:
+def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], mixed: str, path: Path) -> None:
     """A PNG: one row per sample prompt, one column per stage trained so far (upscaled to the last size)."""
     from PIL import Image
 
@@ -367,7 +371,7 @@ def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], pat
     n = 1
     while n < len(done) and done[n] > 0:  # later stages that have not trained yet would only draw noise
         n += 1
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
     result = _ema_cascade(cfg, emas, lookup).generate(list(cfg.sample_prompts), steps=cfg.sample_steps,
                                                       seed=cfg.seed, stop_at=n, progress=False,
                                                       autocast_dtype=dtype)
