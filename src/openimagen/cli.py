@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL_HELP = "the small shapes-world cascade shipped inside the package"
-SAMPLER_NAMES = ["ddpm", "ddim", "dpmpp_2m"]  # diffusion.SAMPLERS (tests check they agree; importing it costs torch)
+SAMPLER_NAMES = ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m"]  # diffusion.SAMPLERS (tests check they agree; importing it costs torch)
 
 
 def _positive_int(name):
