@@ -45,7 +45,7 @@ def machine() -> dict:
 
 def machine_words(m: dict) -> str:
     """How a README names the machine: model, cores, and whether bf16 is native."""
-    bf16 = "native bf16" if m.get("native_bf16") else f"no native bf16, emulated ~{m.get('bf16_matmul_slowdown', '?')}x slower"
+    bf16 = "native bf16" if m.get("native_bf16") else f"no native bf16, emulated, a bf16 matmul ~{float(m.get('bf16_matmul_slowdown', 0)):.0f}x slower than fp32"
     return (f"{m['cpu']} ({m['logical_cpus']} logical CPUs; torch CPU capability "
             f"{m.get('torch_cpu_capability', '?')}, {bf16})")
 
