@@ -240,6 +240,9 @@ def run(args) -> dict:
     settings, source = ours.sampling_settings()
     cascade = ours.cascade(settings)
     ours.generate(cascade, args.images, None)  # warm-up
+    # Other base-stage sampler settings, timed beside the defaults (bench_samplers.py scores them).
+    alts = {a: ours.cascade({**settings, "sampler": a.split(":")[0], "steps": int(a.split(":")[1])})
+            for a in filter(None, args.alt.split(","))}
     k1, k2 = (int(k) for k in args.peer_steps.split(","))
     cond_scale = settings["guidance"]
     peer.ask(cmd="sample", timesteps=2, images=args.images, cond_scale=cond_scale)  # warm-up
@@ -251,6 +254,8 @@ def run(args) -> dict:
                                              cond_scale=cond_scale)["seconds"])
         if bf16:
             gen["ours_bf16"].append(ours.generate(cascade, args.images, torch.bfloat16))
+        for a, c in alts.items():
+            gen.setdefault(f"ours_alt {a}", []).append(ours.generate(c, args.images, None))
         print(f"generation round {r + 1}/{args.gen_rounds}: ours fp32 {gen['ours_fp32'][-1]:.2f}s, "
               f"bf16 {gen['ours_bf16'][-1] if bf16 else float('nan'):.2f}s; peer {k1} steps {gen[f'peer_{k1}'][-1]:.2f}s, "
               f"{k2} steps {gen[f'peer_{k2}'][-1]:.2f}s", flush=True)
@@ -301,7 +306,10 @@ def run(args) -> dict:
             "images": args.images, "resolution": ours.stage.resolution,
             "ours": {"settings": settings, "settings_source": source, "fp32_s": gen["ours_fp32"],
                      "bf16_s": gen.get("ours_bf16"), "fp32_s_median": median(gen["ours_fp32"]),
-                     "bf16_s_median": median(gen["ours_bf16"]) if bf16 else None},
+                     "bf16_s_median": median(gen["ours_bf16"]) if bf16 else None,
+                     "alternatives_fp32": {a: {"s": gen[f"ours_alt {a}"], "s_median": median(gen[f"ours_alt {a}"]),
+                                               "ratio_peer_over": peer_gen_s / median(gen[f"ours_alt {a}"])}
+                                           for a in alts}},
             "peer": {"default_steps": 1000, "cond_scale": cond_scale, "timed_steps": [k1, k2],
                      "timed_s": {str(k1): gen[f"peer_{k1}"], str(k2): gen[f"peer_{k2}"]},
                      "per_step_s": per_step, "fixed_s": fixed,
@@ -340,6 +348,8 @@ def main() -> None:
     p.add_argument("--peer-steps", default="10,50", help="two timed peer step counts; the fit is extrapolated to 1000")
     p.add_argument("--peer-full", action="store_true", help="also time the peer's full 1000 steps (minutes)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alt", default="dpmpp_3m:15,dpmpp_2m:15,dpmpp_2m:10",
+                   help="other base sampler:steps settings to time beside the defaults ('' for none)")
     p.add_argument("--bf16", action="store_true", help="also time bf16 where the CPU only emulates it (very slow)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "imagen_pytorch.json"))
     p.add_argument("--readme", default=str(ROOT / "benchmarks" / "README.md"), help="'' to skip")
