@@ -43,7 +43,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/samplers.json"))
     ap.add_argument("--readme", default=str(ROOT / "benchmarks/README.md"))
+    ap.add_argument("--render", action="store_true", help="only rewrite the README section from --json")
     args = ap.parse_args(argv)
+    if args.render:
+        replace_section(Path(args.readme), "## Base-stage solvers judged by the scorer",
+                        render(json.loads(Path(args.json).read_text())))
+        return
     torch.set_num_threads(args.threads)
     from openimagen.evaluate.scorer import score_many
     from openimagen.load import load_model
@@ -83,7 +88,11 @@ def render(res: dict) -> str:
             f"with the base stage's sampler and steps as listed and the SR stage at its defaults (dpmpp_2m, 25 "
             f"steps), the same seeds for every row; scored by `evaluate/` on the 64 px images. Measured "
             f"{res['measured']} on {machine_words(m)}, 1 thread (shared machine: the times are indicative).\n\n"
-            + "\n".join(rows) + "\n\n```\nPYTHONPATH=src python benchmarks/bench_samplers.py --per-kind "
+            + "\n".join(rows) + f"\n\nShape is judged on all {n} scenes, count / position / relation / size on "
+            f"{res['per_kind']} each: one scene moves shape by {100 / n:.0f} points, so differences of a few scenes are "
+            "noise (binomial standard error ~10 points). Wall times are of a machine at load average 5-15 and do not "
+            "rank the solvers (a step costs the same U-Net call in each; time is proportional to steps).\n\n"
+            "```\nPYTHONPATH=src python benchmarks/bench_samplers.py --per-kind "
             f"{res['per_kind']}\n```\nRaw per-image scores: `benchmarks/results/samplers.json`.\n")
 
 
