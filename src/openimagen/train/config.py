@@ -129,6 +129,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     mixed_precision: str = "auto"       # "auto" (bf16 where native, else fp16 on CUDA, else "no": precision.py)
                                         # | "no" | "bf16" (CPU and GPU) | "fp16" (GPU only)
+    compile: bool = False               # torch.compile each U-Net (inductor; on the CPU needs g++/clang++): compiling.py
     ema_decay: float = 0.999
     ema_warmup: bool = True             # effective decay min(decay, (1+n)/(10+n)): short runs get a useful EMA
     caption_dropout: float = 0.1        # trains the unconditional branch (the embedding of "")

@@ -38,6 +38,7 @@ from ..config import save_json, to_dict
 from ..diffusion import diffusion_loss, q_sample
 from ..diffusion.noise import rand, randn
 from ..cascade import Cascade
+from ..compiling import check_can_compile
 from ..precision import training_mixed_precision
 from ..stage import Stage
 from . import checkpoint as ckpt
@@ -174,6 +175,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     validate_unets(cfg)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' on the CPU (or 'no')")
+    if cfg.compile:
+        check_can_compile("cuda" if torch.cuda.is_available() else "cpu")
     out, root = Path(out_dir), Path(out_dir) / "checkpoints"
     found = ckpt.find_checkpoint(root)
     if found is not None and not resume:
@@ -213,6 +216,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     torch.manual_seed(cfg.seed)  # identical initial weights in every process and every run
     stages = [Stage(st.stage).to(acc.device) for st in cfg.stages]
     emas = [EMA(s.unet, cfg.ema_decay, cfg.ema_warmup) for s in stages]  # copied before accelerate wraps
+    if cfg.compile:  # in place (Module.compile): state-dict keys, checkpoints and the EMA copies stay as they are
+        for s in stages:
+            s.unet.compile(dynamic=False)
     opts = [torch.optim.AdamW(s.unet.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                               eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay) for s in stages]
     done, step, position, scaler_state = [0] * len(stages), 0, [0, 0], None
