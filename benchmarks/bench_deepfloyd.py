@@ -182,11 +182,15 @@ def main() -> None:
                           flush=True)
     import torch
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from machine import machine
+
     meta = {"command": "PYTHONPATH=src .venv/bin/python benchmarks/bench_deepfloyd.py " + " ".join(sys.argv[1:]),
             "unet_config": UNET, "batch": "1 prompt x 2 (CFG)", "resolution": 64, "steps": STEPS,
             "guidance": GUIDANCE, "threads": args.threads, "forward_repeats_per_process": args.repeats,
             "sample_repeats_per_process": args.sample_repeats,
             "processes_per_side": args.rounds, "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "machine": machine(),
             "load_average_after": os.getloadavg()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

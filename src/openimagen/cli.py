@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL_HELP = "the small shapes-world cascade shipped inside the package"
-SAMPLER_NAMES = ["ddpm", "ddim", "dpmpp_2m"]  # diffusion.SAMPLERS (tests check they agree; importing it costs torch)
+SAMPLER_NAMES = ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m"]  # diffusion.SAMPLERS (tests check they agree; importing it costs torch)
 
 
 def _positive_int(name):
@@ -275,7 +275,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=_positive_int("--num-images"), default=1, help="images per prompt")
     p.add_argument("--out", default="openimagen-out", help="output folder for the PNGs (default: openimagen-out)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights dtype (default fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="weights dtype (default auto: bf16 where the device computes it natively, else fp32; "
+                        "fp16 on CUDA without bf16)")
 
 
 def build_parser() -> argparse.ArgumentParser:

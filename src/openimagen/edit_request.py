@@ -61,7 +61,7 @@ class EditRequest:
     stop_at: int | None = None         # run stages .. stop_at-1
     model: str | None = None
     sr: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"
 
     def __post_init__(self):
         normalise(self, EDIT_PER_STAGE)
@@ -211,9 +211,12 @@ def run_edit(request: EditRequest, *, cascade=None, device: str = "cpu", offload
     are read and checked before the model loads, so a bad input fails in a moment; `callback` as in `run`."""
     from . import editing, images, preflight
 
+    from .precision import resolve_precision
+
     preflight.check_device(device)
     preflight.check_numbers(request)
     req = resolve_inputs(request)
+    req = dataclasses.replace(req, precision=resolve_precision(req.precision, device))
     image = images.load_image(req.image, sha256=req.sha256["image"])
     original = None if req.original is None else images.load_image(req.original, sha256=req.sha256["original"])
     mask = None

@@ -122,8 +122,9 @@ class Stage(torch.nn.Module):
     def call_unet(self, x: Tensor, t: Tensor, cond: dict, net: torch.nn.Module | None = None) -> Tensor:
         """The U-Net's raw output; `net`: call this module instead of `self.unet` (a wrapper of it)."""
         a = self.unet_inputs(x, t, cond)
-        return (net or self.unet)(a["x"], a["time"], a["text_embeds"], a["text_mask"],
-                                  lowres=a["lowres"], noise_level=a["noise_level"])
+        net = self.unet if net is None else net  # not `net or`: a compiled module has no truth value
+        return net(a["x"], a["time"], a["text_embeds"], a["text_mask"], lowres=a["lowres"],
+                   noise_level=a["noise_level"])
 
     def model(self, x: Tensor, t: Tensor, cond: dict) -> Denoised:
         """The denoiser contract: x_t, t (schedule units) and conditioning -> Denoised."""

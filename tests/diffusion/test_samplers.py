@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from openimagen.diffusion import SAMPLERS, Denoised, ddim, ddpm, dpmpp_2m, make_schedule
+from openimagen.diffusion import SAMPLERS, Denoised, ddim, ddpm, dpmpp_2m, dpmpp_3m, make_schedule
 
 MU = torch.tensor([0.5, -0.3, 0.0, 1.0]).view(1, 4, 1, 1)
 SD = torch.tensor([0.5, 1.0, 0.2, 0.8]).view(1, 4, 1, 1)
@@ -98,6 +98,8 @@ def test_deterministic_samplers_follow_the_exact_ode(kind):
     assert err_ddim < 0.08, err_ddim       # first order: measured 0.05-0.075 at 100 steps
     assert err_dpm < 0.02, err_dpm         # second order: measured 0.005-0.016
     assert err_dpm < err_ddim / 3
+    err_dpm3 = (dpmpp_3m(oracle(s), x, s, ts) - exact).abs().max().item()
+    assert err_dpm3 < 0.02, err_dpm3       # measured 0.004-0.012 (the clean final step x = x0_hat dominates)
     out = dpmpp_2m(oracle(s), x, s, ts)
     assert (out.mean((0, 2, 3)) - MU.flatten()).abs().max() < 0.05
     assert ((out.std((0, 2, 3)) / SD.flatten()) - 1).abs().max() < 0.05

@@ -13,7 +13,7 @@ from .parameterization import (
     learned_range_logvar,
     x0_from_eps,
 )
-from .samplers import SAMPLERS, Callback, Step, ddim, ddpm, dpmpp_2m
+from .samplers import SAMPLERS, Callback, Step, ddim, ddpm, dpmpp_2m, dpmpp_3m
 from .schedules import (
     IF_RESPACINGS,
     SCHEDULES,
@@ -31,7 +31,7 @@ __all__ = [
     "make_schedule", "respaced_timesteps", "as_timesteps", "gaussian_posterior",
     "x0_from_eps", "eps_from_x0", "learned_range_logvar",
     "diffusion_loss", "min_snr_weight", "vlb_term",
-    "ddpm", "ddim", "dpmpp_2m",
+    "ddpm", "ddim", "dpmpp_2m", "dpmpp_3m",
     "classifier_free_guidance", "dynamic_threshold", "static_threshold", "thresholding", "THRESHOLDS",
     "q_sample", "Step", "Callback",
 ]

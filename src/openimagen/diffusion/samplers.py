@@ -137,4 +137,49 @@ def dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[floa
     return x
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
+def dpmpp_3m(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] | Tensor, *,
+             generator: torch.Generator | None = None, callback: Callback | None = None,
+             lower_order_final: bool = True) -> Tensor:
+    """DPM-Solver++(3M), Lu et al. 2022 ("DPM-Solver++", sec. 4 and app. B), data prediction, multistep.
+
+    With h = lambda_s - lambda_t, r0 = h_prev/h, r1 = h_prev2/h and the last three x0_hat m0, m1, m2:
+    D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1, D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1),
+    x_s = (sigma_s/sigma_t) x_t - alpha_s (e^-h - 1) m0 + alpha_s ((e^-h - 1)/h + 1) D1
+          - alpha_s ((e^-h - 1 + h)/h^2 - 1/2) D2.
+    Warm-up at orders 1, 2; the final step to sigma = 0 is first order (x = x0_hat). `lower_order_final`:
+    with fewer than 15 steps the step before it is at most second order, because the last log-SNR jumps
+    are the largest and third-order extrapolation across them is unstable (diffusers' rule, same numbers).
+    """
+    x = _start(x)
+    ts = as_timesteps(schedule, ts).to(x.device)
+    n = len(ts)
+    hist: list[tuple[Tensor, Tensor]] = []  # (x0_hat, h of the step it started) of earlier steps, newest last
+    for i, t, (a_t, s_t), (a_s, s_s), last in _steps(x, schedule, ts):
+        d, x_t = denoise(x, t), x
+        if last:
+            x = d.x0
+        else:
+            lam_t = expand_like(schedule.logsnr(t), x) / 2
+            lam_s = expand_like(schedule.logsnr(ts[i + 1].expand(x.shape[0])), x) / 2
+            h = lam_s - lam_t
+            order = min(3, len(hist) + 1)
+            if lower_order_final and n < 15 and i == n - 2:
+                order = min(order, 2)
+            m0, em1 = d.x0, torch.expm1(-h)
+            x = (s_s / s_t) * x - a_s * em1 * m0
+            if order == 2:
+                (m1, h0) = hist[-1]
+                x = x - 0.5 * a_s * em1 * (m0 - m1) / (h0 / h)
+            elif order == 3:
+                (m1, h0), (m2, h1) = hist[-1], hist[-2]
+                r0, r1 = h0 / h, h1 / h
+                d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+                D1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+                D2 = (d1_0 - d1_1) / (r0 + r1)
+                x = x + a_s * (em1 / h + 1) * D1 - a_s * ((em1 + h) / h**2 - 0.5) * D2
+            hist = (hist + [(m0, h)])[-2:]
+        x = _report(callback, i, len(ts), t, x_t, x, d.x0, last)
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m}

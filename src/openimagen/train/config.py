@@ -18,7 +18,7 @@ from ..stage import StageConfig
 from ..text import MiniLMEncoderConfig, SpelledEncoderConfig, T5EncoderConfig
 
 DATA_KINDS = ("shapes", "folder", "webdataset")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 ORDERS = ("sequential", "interleaved")
 # The encoders a run can train with: precomputed embeddings have no encoder to embed new captions.
 TRAIN_TEXT_ENCODERS = (MiniLMEncoderConfig, T5EncoderConfig, SpelledEncoderConfig)
@@ -130,7 +130,9 @@ class TrainConfig:
     text_encoder: MiniLMEncoderConfig | T5EncoderConfig | SpelledEncoderConfig = field(default_factory=MiniLMEncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    mixed_precision: str = "no"         # "no" | "bf16" (CPU and GPU) | "fp16" (GPU only)
+    mixed_precision: str = "auto"       # "auto" (bf16 where native, else fp16 on CUDA, else "no": precision.py)
+                                        # | "no" | "bf16" (CPU and GPU) | "fp16" (GPU only)
+    compile: bool = False               # torch.compile each U-Net (inductor; on the CPU needs g++/clang++): compiling.py
     ema_decay: float = 0.999
     ema_warmup: bool = True             # effective decay min(decay, (1+n)/(10+n)): short runs get a useful EMA
     caption_dropout: float = 0.1        # trains the unconditional branch (the embedding of "")

@@ -40,6 +40,8 @@ from ..io.disk import check_output_folder
 from ..diffusion import diffusion_loss, q_sample
 from ..diffusion.noise import rand, randn
 from ..cascade import Cascade
+from ..compiling import check_can_compile
+from ..precision import training_mixed_precision
 from ..stage import Stage
 from . import checkpoint as ckpt
 from .config import TrainConfig, validate_unets, with_data_path, with_max_steps
@@ -177,6 +179,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     validate_unets(cfg)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision='fp16' needs a GPU; use 'bf16' on the CPU (or 'no')")
+    if cfg.compile:
+        check_can_compile("cuda" if torch.cuda.is_available() else "cpu")
     out, root = check_output_folder(out_dir), Path(out_dir) / "checkpoints"
     found = ckpt.find_checkpoint(root)
     if found is not None and not resume:
@@ -197,7 +201,10 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
 
     # A warm-up step of the extras leaves the rest of the U-Net without gradients; DDP must expect that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=any(st.extras_warmup for st in cfg.stages))
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=launched and not torch.cuda.is_available(),
+    # "auto" is decided here, on the machine that trains (a resumed run on another machine decides again).
+    mixed = training_mixed_precision(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    log.info("mixed precision: %s (asked: %s)", mixed, cfg.mixed_precision)
+    acc = Accelerator(mixed_precision=mixed, cpu=launched and not torch.cuda.is_available(),
                       kwargs_handlers=[ddp])
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     for i, st in enumerate(cfg.stages):
@@ -217,6 +224,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     torch.manual_seed(cfg.seed)  # identical initial weights in every process and every run
     stages = [Stage(st.stage).to(acc.device) for st in cfg.stages]
     emas = [EMA(s.unet, cfg.ema_decay, cfg.ema_warmup) for s in stages]  # copied before accelerate wraps
+    if cfg.compile:  # in place (Module.compile): state-dict keys, checkpoints and the EMA copies stay as they are
+        for s in stages:
+            s.unet.compile(dynamic=False)
     opts = [torch.optim.AdamW(s.unet.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                               eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay) for s in stages]
     done, step, position, scaler_state = [0] * len(stages), 0, [0, 0], None
@@ -293,7 +303,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             save()
         if main and ((cfg.sample_every and step % cfg.sample_every == 0) or finished):
             grid = out / "samples" / f"step-{step:07d}.png"
-            writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
+            writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, mixed, grid))
     bar.close()
 
     if main and not (out / "model" / "cascade.json").is_file():  # resumed a run that had already finished
@@ -379,7 +389,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 @torch.no_grad()
-def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], path: Path) -> None:
+def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], mixed: str, path: Path) -> None:
     """A PNG: one row per sample prompt, one column per stage trained so far (upscaled to the last size)."""
     from PIL import Image
 
@@ -388,7 +398,7 @@ def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], pat
     n = 1
     while n < len(done) and done[n] > 0:  # later stages that have not trained yet would only draw noise
         n += 1
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
     result = _ema_cascade(cfg, emas, lookup).generate(list(cfg.sample_prompts), steps=cfg.sample_steps,
                                                       seed=cfg.seed, stop_at=n, progress=False,
                                                       autocast_dtype=dtype)

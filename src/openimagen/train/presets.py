@@ -3,7 +3,7 @@
     shapes-tiny    16 px base + 16 -> 32 px SR, ~0.1M-parameter U-Nets: the smoke test / overfit
                    sanity recipe (50 steps per stage in seconds on a laptop CPU)
     shapes-small   32 px base + 32 -> 64 px SR on the shapes world: the cascade we ship; about an
-                   hour on 2 CPU cores with bf16 autocast (see `shapes_small`'s docstring); scale
+                   hour on 2 CPU cores with native bf16 autocast (see `shapes_small`'s docstring); scale
                    it with `--set stages.0.steps=...` or `--set optim.lr=...`
     shapes-128     three stages, 32 px base + 32 -> 64 + 64 -> 128 px, on natural phrasings and random
                    sign words, with a spelled text encoder: the successor of shapes-small (fp32, sized
@@ -69,7 +69,7 @@ def shapes_tiny() -> TrainConfig:
         ),
         data=DataConfig(kind="shapes", size=512, seed=0, holdout=True),
         optim=OptimConfig(lr=1e-3, warmup_steps=10, grad_clip=1.0),
-        mixed_precision="no",
+        mixed_precision="auto",
         ema_decay=0.99,
         caption_dropout=0.1,
         log_every=10,
@@ -87,7 +87,8 @@ LAYOUT_WARMUP = 3_000
 
 
 def shapes_small() -> TrainConfig:
-    """32 px base (3.5M params) + 32 -> 64 px SR (2.1M params) on 20k shapes scenes, bf16 autocast.
+    """32 px base (3.5M params) + 32 -> 64 px SR (2.1M params) on 20k shapes scenes, precision auto
+    (bf16 autocast where the CPU has AVX512-BF16 / AMX, fp32 where bf16 would be emulated: precision.py).
 
     The base follows layout words ("on the left", "above") because its noise schedule is the cosine one
     shifted by -3 in log-SNR and its loss is plain v-MSE (no Min-SNR weights); it binds attributes to
@@ -116,7 +117,7 @@ def shapes_small() -> TrainConfig:
         ),
         data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True),
         optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
-        mixed_precision="bf16",
+        mixed_precision="auto",
         ema_decay=0.999,
         caption_dropout=0.1,
         log_every=20,
