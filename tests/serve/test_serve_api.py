@@ -166,7 +166,7 @@ def test_health_and_capabilities(client):
     h = client.get("/api/v1/health").json()
     assert h["status"] == "ok" and h["model"].endswith("tiny-cascade0")
     cap = client.get("/api/v1/capabilities").json()
-    assert cap["models"][0]["sizes"] == [8, 16] and cap["samplers"] == ["ddim", "ddpm", "dpmpp_2m"]
+    assert cap["models"][0]["sizes"] == [8, 16] and cap["samplers"] == ["ddim", "ddpm", "dpmpp_2m", "dpmpp_3m"]
     assert cap["limits"]["max_queue"] == 2 and "upscale" in cap["kinds"]
     assert client.get("/openapi.json").json()["paths"]["/api/v1/jobs"]
 
