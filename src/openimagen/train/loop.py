@@ -310,7 +310,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
     grid = out / "samples" / f"step-{step:07d}.png"
     if main and not grid.is_file():  # a kill landed in the final grid's write: the checkpoint was already done
-        writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, grid))
+        writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, mixed, grid))
     acc.wait_for_everyone()
     return out / "model"
 

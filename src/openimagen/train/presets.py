@@ -144,8 +144,8 @@ def shapes_128() -> TrainConfig:
       base     the same U-Net and text layout, plus a spelling extra (nn/spelling.py, a 16 x 16 letter map
                at 32 px: a sign's letters are ~6 px apart, two cells)
       stage 3  `shapes-sr128` (1.6M params) on 32 px crops of the 128 px image, like stage 2 on 64 px
-      fp32     this machine's CPU (AVX2, no AVX512-BF16) emulates bf16 ~90x slower than fp32; on a CPU
-               with native bf16, `--set mixed_precision=bf16` is the faster choice
+      auto     precision as every preset (precision.py): fp32 on this machine's CPU (AVX2, no AVX512-BF16
+               emulates bf16 ~90x slower), bf16 where the CPU or GPU has it natively
     Steps are sized for 3 CPU-hours (`/usr/bin/time` user + system) from the fp32 CPU time per step of
     16 measured in one single-threaded process on the 2-core development machine: base 2.15 s (layout
     warm-up steps ~0.25 s), SR 64 0.45 s, SR 128 0.45 s; so 3000 warm-up + 2800 base steps ~6.8k s,
@@ -168,7 +168,7 @@ def shapes_128() -> TrainConfig:
         ),
         data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True, phrasing="natural"),
         optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
-        mixed_precision="no",
+        mixed_precision="auto",
         ema_decay=0.999,
         caption_dropout=0.1,
         log_every=20,
