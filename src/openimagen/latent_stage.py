@@ -61,10 +61,16 @@ class LatentStage(Stage):
             raise ValueError(f"a latent stage's output must be a multiple of {f}, got {h}x{w}")
         return (batch, self.vae.cfg.latent_channels, h // f, w // f)
 
+    @property
+    def level_max(self) -> float:
+        """The largest noise level accepted: max_noise_level, and below the U-Net's number of class labels."""
+        labels = self.config.unet.num_class_embeds
+        return self.max_noise_level if labels is None else min(self.max_noise_level, labels - 1)
+
     def augment_lowres(self, lowres: Tensor, level: float, generator, size=None):
-        if not 0 <= float(level) <= self.max_noise_level:
-            raise ValueError(f"noise_level {level} is outside 0..{self.max_noise_level:g}, the levels this upscaler "
-                             "was trained on (max_noise_level); IF's documents use 100, diffusers' default is 20")
+        if not 0 <= float(level) <= self.level_max:
+            raise ValueError(f"noise_level {level} is outside 0..{self.level_max:g}, the levels this upscaler "
+                             "takes (max_noise_level); IF's documents use 100, diffusers' default is 20")
         return super().augment_lowres(lowres, level, generator, size)
 
     @torch.no_grad()

@@ -52,11 +52,12 @@ def tiny_clip(seed: int = 0):
                                         projection_dim=512)).eval()
 
 
-def x4_pipeline():
+def x4_pipeline(num_class_embeds: int = 100):
+    """diffusers' test components; `num_class_embeds=1000` (the real model's) admits IF's noise level 100."""
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**UNET).eval()
+    unet = UNet2DConditionModel(**dict(UNET, num_class_embeds=num_class_embeds)).eval()
     torch.manual_seed(0)
     vae = AutoencoderKL(**VAE).eval()
     pipe = StableDiffusionUpscalePipeline(
@@ -67,9 +68,9 @@ def x4_pipeline():
     return pipe
 
 
-def write_x4(root: Path):
+def write_x4(root: Path, num_class_embeds: int = 100):
     """Save the tiny upscaler with diffusers' save_pretrained; returns (pipeline, folder)."""
-    pipe = x4_pipeline()
+    pipe = x4_pipeline(num_class_embeds)
     folder = Path(root) / "x4-tiny"
     pipe.save_pretrained(folder, safe_serialization=True)
     return pipe, folder
