@@ -3,8 +3,8 @@
 The decoder's activations at full resolution (128 channels at 1024 x 1024 for the x4 upscaler's VAE) and
 its middle attention over every latent position (65,536 at a 256 x 256 latent) are what run out of memory
 (diffusers#1434). Here each tile of `tile` latent pixels is decoded alone and tiles overlap by `overlap`;
-inside an overlap both tiles' pixels are averaged with weights that ramp linearly from the tile's edge
-(a feathered blend), so no seam steps from one tile to the next. Each tile sees only its own context
+inside an overlap both tiles' pixels are averaged with weights that ramp linearly across it (a feathered
+blend; a tile's outermost pixels, which saw zero padding, get none), so no seam steps from tile to tile. Each tile sees only its own context
 (its GroupNorm statistics and attention), so the result is close to, not equal to, the untiled decode:
 tests/nn/test_vae_tiling.py states the tolerance, away from and at the tile borders.
 """
@@ -23,13 +23,19 @@ def _starts(n: int, tile: int, stride: int) -> list[int]:
 
 
 def _ramp(n: int, fade: int, rise: bool, fall: bool) -> Tensor:
-    """(n,) weights: 1 in the middle, a linear ramp over `fade` samples on each side that has a neighbour."""
+    """(n,) weights: 1 in the middle, a linear cross-fade over `fade` samples on each side that has a neighbour.
+
+    The outer quarter of the fade gets weight 0: a tile's own edge pixels saw zero padding where the
+    whole image had content, so the neighbour (which has them in its interior) supplies them alone.
+    Two facing ramps sum to 1 across the overlap, so a flat image stays flat.
+    """
     w = torch.ones(n)
-    ramp = (torch.arange(fade, dtype=torch.float32) + 0.5) / fade   # (fade,) in (0, 1): never zero
+    margin = fade // 4
+    ramp = ((torch.arange(fade, dtype=torch.float32) + 0.5 - margin) / (fade - 2 * margin)).clamp(0, 1)
     if rise:
         w[:fade] = ramp
     if fall:
-        w[n - fade:] = ramp.flip(0)
+        w[n - fade:] = torch.minimum(w[n - fade:], ramp.flip(0))
     return w
 
 
@@ -57,4 +63,5 @@ def decode_tiled(vae, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
             wgt = wy[:, None] * wx[None, :]                             # (th*f, tw*f)
             out[..., y * f:(y + th) * f, x * f:(x + tw) * f] += part * wgt
             weight[..., y * f:(y + th) * f, x * f:(x + tw) * f] += wgt
+    assert bool((weight > 0).all()), "every pixel is covered by some tile's interior"
     return out / weight
