@@ -32,8 +32,16 @@ def spy(monkeypatch):
     return seen
 
 
-def test_three_stage_cli_equals_chained_diffusers_pipelines(tiny, tmp_path, spy, capsys):
+def test_three_stage_cli_equals_chained_diffusers_pipelines(tiny, tmp_path, spy, capsys, monkeypatch):
     from openimagen.cli import main
+    from openimagen.text import T5Encoder
+    from openimagen.text_clip import CLIPEncoder
+
+    calls = {}
+    for cls in (T5Encoder, CLIPEncoder):
+        real = cls.encode
+        monkeypatch.setattr(cls, "encode", lambda self, p, real=real, n=cls.__name__: calls.update(
+            {n: calls.get(n, 0) + 1}) or real(self, p))
 
     rc = main(["-q", "generate", "--model", str(tiny["d1"]), "--sr", str(tiny["d2"]), "--sr", str(tiny["d3"]),
                "--steps", "3", "--seed", "5", "--out", str(tmp_path), PROMPT])
@@ -56,6 +64,7 @@ def test_three_stage_cli_equals_chained_diffusers_pipelines(tiny, tmp_path, spy,
             ((ours[2] + 1) / 2 - s3).abs().max().item()]
     print("three stages, max abs errors:", ", ".join(f"{e:.2e}" for e in errs))
     assert max(errs) <= TOL
+    assert calls == {"T5Encoder": 2, "CLIPEncoder": 2}  # prompt and "" once per encoder, not once per stage
     assert spy[0].request.noise_level == [None, 250.0, 100.0] and spy[0].request.sampler == ["ddpm", "ddpm", "ddim"]
 
 

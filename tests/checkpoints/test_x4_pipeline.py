@@ -82,3 +82,36 @@ def test_long_prompt_is_cut_with_a_warning_or_refused(x4, caplog):
             x4["stage"].text_encoder.encode([long])
     finally:
         x4["stage"].text_encoder.long_prompts = "cut"
+
+
+def test_half_precision_keeps_the_vae_in_float32(x4):
+    stage = load_upscaler_stage(x4["folder"], dtype=torch.bfloat16)
+    assert next(stage.unet.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in stage.vae.parameters()} == {torch.float32}  # force_upcast: its decoder overflows in fp16
+    low = _low_res(16, 16)
+    half = Cascade(stage.text_encoder, [stage]).generate(PROMPT, image=low, steps=2, seed=0, progress=False).images[0]
+    full = x4["ours"].generate(PROMPT, image=low, steps=2, seed=0, progress=False).images[0]
+    assert half.dtype == torch.float32 and (half - full).abs().mean().item() < 0.02  # bf16 U-Net rounding, x12 by the decode
+
+
+def test_the_vae_loads_from_either_attention_key_spelling(x4, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(x4["folder"], old)
+    f = old / "vae" / "diffusion_pytorch_model.safetensors"
+    names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    state = load_file(f)
+    legacy = {}
+    for k, v in state.items():
+        for new, was in names.items():
+            if f"attentions.0.{new}." in k:
+                k = k.replace(f"attentions.0.{new}.", f"attentions.0.{was}.")
+        legacy[k] = v
+    assert sum(".query." in k for k in legacy) == 4  # weight and bias, encoder and decoder
+    save_file(legacy, str(f))
+    stage = load_upscaler_stage(old)
+    for a, b in zip(stage.vae.state_dict().values(), x4["stage"].vae.state_dict().values()):
+        assert torch.equal(a, b)
