@@ -98,21 +98,25 @@ def render(data: dict) -> str:
     m = data["machine"]
     lines = [SECTION, "",
              f"Measured {data['measured']} on {m['cpu']} ({m['logical_cpus']} logical CPUs, shared; load after "
-             f"{' '.join(data['load_after'])}), torch {m['torch_ours']}, {rows['ours_untiled']['threads']} thread, fp32, "
+             f"{' '.join(data['load_after'])}), torch {m['torch_ours']}, {data['rows'][0]['threads']} thread, fp32, "
              f"random weights. One {data['latent']}x{data['latent']} latent decoded to "
-             f"{rows['ours_untiled']['shape'][-1]} px with the x4 upscaler's real vae/config.json; each case in its own "
+             f"{4 * data['latent']} px with the x4 upscaler's real vae/config.json; each case in its own "
              "subprocess, one after another.", "",
              "| decode | seconds | peak RSS (MB) | RSS before decode (MB) | decode's own (MB) |", "|---|---|---|---|---|"]
     names = {"ours_untiled": "ours, untiled", "ours_tiled": "ours, tiled (64 latent, 16 overlap, feathered)",
              "diffusers_untiled": "diffusers, untiled", "diffusers_tiled": "diffusers, enable_tiling()"}
     for k, name in names.items():
-        r = rows[k]
+        r = rows.get(k)
+        if r is None:
+            lines.append(f"| {name} | not measured (the run was stopped for time) | | | |")
+            continue
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['base_rss_mb']:.0f} | "
                      f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f} |")
-    u = rows["unet_forward_64"]
-    act64 = u["peak_rss_mb"] - u["base_rss_mb"]
+    u = rows.get("unet_forward_64")
+    act64 = float("nan") if u is None else u["peak_rss_mb"] - u["base_rss_mb"]
     act256_fp16 = act64 * 16 / 2
-    vae_own = (rows["ours_tiled"]["peak_rss_mb"] - rows["ours_tiled"]["base_rss_mb"])
+    vae = rows.get("ours_tiled") or rows["ours_untiled"]
+    vae_own = vae["peak_rss_mb"] - vae["base_rss_mb"]
     lines += ["", "Planned GPU peak per model (**unmeasured: no GPU**), each on the accelerator only while it runs "
               "(`--offload`): weights from parameter counts in fp16 (the x4 VAE in fp32) plus activations. The x4 "
               f"U-Net's activations were measured on the CPU: {act64:.0f} MB for one fp32 forward of batch 2 at a 64x64 "
