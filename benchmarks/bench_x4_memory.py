@@ -101,7 +101,7 @@ def render(data: dict) -> str:
              f"{' '.join(data['load_after'])}), torch {m['torch_ours']}, {data['rows'][0]['threads']} thread, fp32, "
              f"random weights. One {data['latent']}x{data['latent']} latent decoded to "
              f"{4 * data['latent']} px with the x4 upscaler's real vae/config.json; each case in its own "
-             "subprocess, one after another.", "",
+             "subprocess, one after another." + (f" Note: {data['note']}." if data.get("note") else ""), "",
              "| decode | seconds | peak RSS (MB) | RSS before decode (MB) | decode's own (MB) |", "|---|---|---|---|---|"]
     names = {"ours_untiled": "ours, untiled", "ours_tiled": "ours, tiled (64 latent, 16 overlap, feathered)",
              "diffusers_untiled": "diffusers, untiled", "diffusers_tiled": "diffusers, enable_tiling()"}

@@ -48,3 +48,11 @@ def test_ddim_on_the_real_x4_config_equals_diffusers():
     clean = ddim(denoise, x0.clone(), make_schedule(ScheduleConfig(kind="discrete", betas="scaled_linear",
                                                                     steps_offset=1)), ts)
     assert (clean - x).abs().max().item() > 1e-3
+
+
+def test_discrete_fields_round_trip_and_stay_out_of_older_json():
+    from openimagen.config import from_dict, to_dict
+
+    cfg = ScheduleConfig(kind="discrete", betas="scaled_linear", beta_end=0.012, steps_offset=1, set_alpha_to_one=False)
+    assert from_dict(ScheduleConfig, to_dict(cfg)) == cfg
+    assert "betas" not in to_dict(ScheduleConfig(kind="ddpm_cosine"))  # files written before these fields: unchanged

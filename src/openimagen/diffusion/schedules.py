@@ -33,7 +33,7 @@ Times are float tensors in the schedule's own units (see docs/architecture.md); 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -44,6 +44,7 @@ from .noise import rand, randint
 
 KINDS = ("cosine", "linear", "ddpm_cosine", "discrete")
 BETA_TABLES = ("squaredcos_cap_v2", "scaled_linear", "linear")
+_OMIT = {"omit_default": True}  # config.OMIT_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,13 @@ class ScheduleConfig:
     logsnr_min: float = -20.0         # continuous kinds only: the noisiest end, t = 1
     logsnr_max: float = 20.0          # continuous kinds only: the cleanest end, t = 0
     logsnr_shift: float = 0.0         # continuous kinds only: added to logsnr(t) before clamping (see below)
-    betas: str = "squaredcos_cap_v2"  # "discrete" only: the beta table (BETA_TABLES)
-    beta_start: float = 0.0001        # "discrete" linear tables only
-    beta_end: float = 0.02
-    steps_offset: int = 0             # discrete kinds: added to "leading" timesteps (diffusers' steps_offset)
-    set_alpha_to_one: bool = True     # discrete kinds: False = DDIM's last step lands on alphas_cumprod[0]
+    # Discrete-table fields (issue 13), left out of the JSON at their defaults (config.py OMIT_DEFAULT; diffusion/
+    # imports nothing of ours, so the key is spelled here).
+    betas: str = field(default="squaredcos_cap_v2", metadata=_OMIT)  # "discrete" only: the table (BETA_TABLES)
+    beta_start: float = field(default=0.0001, metadata=_OMIT)          # "discrete" linear tables only
+    beta_end: float = field(default=0.02, metadata=_OMIT)
+    steps_offset: int = field(default=0, metadata=_OMIT)    # added to "leading" timesteps (diffusers' steps_offset)
+    set_alpha_to_one: bool = field(default=True, metadata=_OMIT)  # False: DDIM's last step lands on alphas_cumprod[0]
 
     def __post_init__(self):
         if self.kind not in KINDS:
