@@ -101,7 +101,7 @@ def render(data: dict) -> str:
              f"{' '.join(data['load_after'])}), torch {m['torch_ours']}, {data['rows'][0]['threads']} thread, fp32, "
              f"random weights. One {data['latent']}x{data['latent']} latent decoded to "
              f"{4 * data['latent']} px with the x4 upscaler's real vae/config.json; each case in its own "
-             "subprocess, one after another." + (f" Note: {data['note']}." if data.get("note") else ""), "",
+             "subprocess (one after another by default)." + (f" Note: {data['note']}." if data.get("note") else ""), "",
              "| decode | seconds | peak RSS (MB) | RSS before decode (MB) | decode's own (MB) |", "|---|---|---|---|---|"]
     names = {"ours_untiled": "ours, untiled", "ours_tiled": "ours, tiled (64 latent, 16 overlap, feathered)",
              "diffusers_untiled": "diffusers, untiled", "diffusers_tiled": "diffusers, enable_tiling()"}
@@ -122,7 +122,9 @@ def render(data: dict) -> str:
               f"U-Net's activations were measured on the CPU: {act64:.0f} MB for one fp32 forward of batch 2 at a 64x64 "
               f"latent, x16 for 256x256 and /2 for fp16 = {act256_fp16 / 1024:.1f} GB; the tiled VAE decode's own "
               f"{vae_own:.0f} MB (fp32) is its activation peak. IF's own models are from deepfloyd_if.md (parameters;"
-              " activations at 64/256 px are small next to the weights).", "",
+              " activations at 64/256 px are small next to the weights; the T5-XXL count is the public encoder's)."
+              " Stage III decodes latents over 128 per side in tiles (LatentStage.tile_latents_above), so its VAE row"
+              " is the tiled one.", "",
               "| model | parameters | weights (GB) | planned peak while it runs (GB) |", "|---|---|---|---|"]
     plan = {"T5-XXL encoder": (2, 0.1), "IF-I-XL U-Net": (2, 0.5), "IF-II-L U-Net": (2, 1.0),
             "x4 CLIP": (2, 0.05), "x4 U-Net": (2, act256_fp16 / 1024), "x4 VAE": (4, vae_own / 1024)}
@@ -131,7 +133,7 @@ def render(data: dict) -> str:
         lines.append(f"| {name} | {PARAMS[name]:,} | {w:.2f} | {w + act:.1f} |")
     lines += ["", "Activation figures for T5 and IF-I/II are allowances, not measurements. With offload the largest "
               "single model decides the peak, so the three-stage cascade is planned to fit a 16 GB GPU.", "",
-              "Reproduce (about 10 minutes on 2 shared cores):", "",
+              "Reproduce (each decode is about 12 TFLOP: 5-30 minutes per case on 2 shared cores, depending on load):", "",
               "```", "PYTHONPATH=src .venv/bin/python benchmarks/bench_x4_memory.py", "```", "",
               "Raw numbers: `benchmarks/results/x4_memory.json`.", ""]
     return "\n".join(lines)
