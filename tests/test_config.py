@@ -110,7 +110,7 @@ def test_stage_config_unet_is_typed_and_legacy_folders_still_read():
         from_dict(StageConfig, dict(data, lowres_aug=0.3))
     with pytest.raises(ConfigError, match="give the text layout once"):
         from_dict(StageConfig, dict(data, unet=dict(data["unet"], layout_grid=4)))
-    with pytest.raises(ConfigError, match=r"unknown kind 'clip'; valid kinds are \['efficient', 'if'\]"):
+    with pytest.raises(ConfigError, match=r"unknown kind 'clip'; valid kinds are \['efficient', 'if', 'sd'\]"):
         from_dict(StageConfig, dict(data, unet=dict(data["unet"], kind="clip")))
     with pytest.raises(ConfigError, match="StageConfig.unet must be one of"):
         StageConfig(resolution=16, unet=data["unet"])  # a dict: decode it with from_dict first

@@ -48,7 +48,7 @@ class GenerateRequest:
     width: Any = None
     stop_at: int | None = None         # run stages 0 .. stop_at-1
     model: str | None = None           # what `load_model` takes: None (bundled), a folder, an IF hub id
-    sr: str | None = None              # an IF stage II to run after an IF stage I `model`
+    sr: str | list[str] | None = None  # an IF stage II to run after an IF stage I `model` (then the x4 upscaler)
     precision: str = "auto"            # weights dtype: auto (the machine's fastest: precision.py) | fp32 | bf16 | fp16
 
     def __post_init__(self):
@@ -66,7 +66,7 @@ def normalise(request, per_stage: tuple[str, ...]) -> None:
     """What every request checks: one spelling for prompts and per-stage lists, a known precision, a seed."""
     prompt = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
     object.__setattr__(request, "prompt", prompt)
-    for name in per_stage:  # JSON has lists, callers may pass tuples: one spelling
+    for name in (*per_stage, "sr"):  # JSON has lists, callers may pass tuples: one spelling
         v = getattr(request, name)
         if isinstance(v, tuple):
             object.__setattr__(request, name, list(v))

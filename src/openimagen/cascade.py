@@ -54,9 +54,9 @@ class Cascade(torch.nn.Module):
         if not stages:
             raise ValueError("a cascade needs at least one stage")
         for i, s in enumerate(stages):
-            if s.config.lowres != (i > 0):
-                what = "needs no low-res input" if i == 0 else "must be a super-resolution stage (lowres=True)"
-                raise ValueError(f"stage {i} {what}; check the order of the stages")
+            # Stage 0 draws from text, or (an upscaler alone, e.g. the SD x4 upscaler) enlarges a given image.
+            if i > 0 and not s.config.lowres:
+                raise ValueError(f"stage {i} must be a super-resolution stage (lowres=True); check the order of the stages")
         self.text_encoder = text_encoder
         self.stages = torch.nn.ModuleList(stages)
 
@@ -138,7 +138,7 @@ class Cascade(torch.nn.Module):
         is where editing puts its per-stage start state, denoiser wrappers and after-step hook (editing.py).
         """
         n = len(self.stages) if stop_at is None else stop_at
-        first = _first_stage(first_stage, image, len(self.stages))
+        first = _first_stage(first_stage, image, len(self.stages), self.stages[0].config.lowres)
         if not first < n <= len(self.stages):
             raise ValueError(f"stop_at={stop_at} is outside {first + 1}..{len(self.stages)}")
         prompts = check_prompts(prompts)
@@ -160,13 +160,21 @@ class Cascade(torch.nn.Module):
             if name not in SAMPLERS:
                 raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
 
-        cond_e, cond_m, unc_e, unc_m = self._encode(prompts, negative_prompt, text_embeds, device, offload)
+        encoded = {}  # each prompt is encoded once per text encoder (IF: T5 for stages I-II; the x4: its CLIP)
         rep = lambda t: t.repeat_interleave(num_images, dim=0)
-        cond_e, cond_m, unc_e, unc_m = map(rep, (cond_e, cond_m, unc_e, unc_m))
+
+        def text_for(stage):
+            enc = stage.text_encoder or self.text_encoder
+            if id(enc) not in encoded:
+                given = text_embeds if enc is self.text_encoder else None
+                encoded[id(enc)] = tuple(map(rep, self._encode(prompts, negative_prompt, given, device, offload, enc)))
+            return encoded[id(enc)]
+
+        text_for(self.stages[first])  # a bad prompt or missing encoder fails before any sampling
         # Image j of every prompt draws from seed + j, so each image is reproducible alone (--seed S+j).
         generator = (torch.Generator("cpu").manual_seed(seed) if num_images == 1
                      else RowGenerators.per_image(seed, len(prompts), num_images))
-        B = cond_e.shape[0]
+        B = len(prompts) * num_images
         prev = None if image is None else options.check_image(image, len(prompts), B).to(device)
 
         steps_plan = (lambda i, shape: {}) if plan is None else (lambda i, shape: plan(i, shape).as_kwargs())
@@ -174,7 +182,9 @@ class Cascade(torch.nn.Module):
         for i in range(first, n):
             stage: Stage = self.stages[i]
             ts = timesteps[i].to(device)
-            h, w = sizes[i]
+            h, w = _size(stage, i, i == n - 1, sizes[i], prev, height, width)
+            shape = stage.sample_shape(B, h, w)
+            cond_e, cond_m, unc_e, unc_m = text_for(stage)
             bar = _progress(len(ts), f"stage {i} ({h}x{w}px)", progress)
 
             def report(step, i=i, bar=bar):
@@ -187,18 +197,20 @@ class Cascade(torch.nn.Module):
                         stage,
                         {"text_embeds": cond_e.to(device), "text_mask": cond_m.to(device)},
                         {"text_embeds": unc_e.to(device), "text_mask": unc_m.to(device)},
-                        (B, 3, h, w), ts, generator=generator, sampler=sampler[i], guidance=guidance[i],
+                        shape, ts, generator=generator, sampler=sampler[i], guidance=guidance[i],
                         lowres=prev, noise_level=noise_level[i], callback=report,
-                        autocast_dtype=autocast_dtype, stage_index=i, **steps_plan(i, (B, 3, h, w)),
+                        autocast_dtype=autocast_dtype, stage_index=i, **steps_plan(i, shape),
                     )
+                    x = stage.finish(x)  # a latent stage decodes its latents here
                 finally:
                     bar.close()
             prev = x.clamp(-1, 1)
             images.append(prev)
         return CascadeOutput(images=images, prompts=[p for p in prompts for _ in range(num_images)])
 
-    def _encode(self, prompts, negative_prompt, text_embeds, device=None, offload=False):
-        if self.text_encoder is None:
+    def _encode(self, prompts, negative_prompt, text_embeds, device=None, offload=False, encoder=None):
+        encoder = encoder or self.text_encoder
+        if encoder is None:
             what = "for the unconditional branch" if text_embeds is not None else ": pass text_embeds=(embeds, mask)"
             raise ValueError(f"this cascade has no text encoder{what}")
         negs = [""] * len(prompts) if negative_prompt is None else check_prompts(negative_prompt)
@@ -206,14 +218,14 @@ class Cascade(torch.nn.Module):
             negs = negs * len(prompts)
         if len(negs) != len(prompts):
             raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts; give one or one each")
-        with _placed(self.text_encoder, device, offload):
+        with _placed(encoder, device, offload):
             if text_embeds is not None:
                 e, m = text_embeds
                 if e.shape[0] != len(prompts):
                     raise ValueError(f"text_embeds has {e.shape[0]} rows for {len(prompts)} prompts")
             else:
-                e, m = self.text_encoder.encode(prompts)
-            ue, um = self.text_encoder.encode(negs)
+                e, m = encoder.encode(prompts)
+            ue, um = encoder.encode(negs)
         # Pad both to one length so cond and uncond stack into one batch for guidance.
         L = max(e.shape[1], ue.shape[1])
         return _pad(e, L), _pad(m, L), _pad(ue, L), _pad(um, L)
@@ -237,8 +249,38 @@ class Cascade(torch.nn.Module):
         return cls(encoder, stages)
 
 
-def _first_stage(first_stage: int | None, image: Tensor | None, total: int) -> int:
-    """Where the cascade starts: stage 0 from text, or a super-resolution stage from a given image."""
+def _size(stage, i: int, last: bool, planned: tuple[int, int], prev: Tensor | None, height, width) -> tuple[int, int]:
+    """A stage's output size: the planned one, or, for a stage whose size follows its input (the x4
+    upscaler), that size, refusing a request for another."""
+    follows = None if prev is None else stage.output_size(tuple(prev.shape[-2:]))
+    if follows is None:
+        return planned
+    asked = _asked(height, width, i, last)
+    for name, a, got in zip(("height", "width"), asked, follows):
+        if a is not None and a != got:
+            raise ValueError(f"stage {i} enlarges its input exactly (to {follows[0]}x{follows[1]} here), so {name}={a} "
+                             f"cannot be met; leave {name} unset for it or resize the input")
+    return follows
+
+
+def _asked(height, width, i: int, last: bool) -> list:
+    """The height and width a caller asked of stage i (None = not asked): lists per stage, one int = the last."""
+    def one(v):
+        if isinstance(v, (list, tuple)):
+            return v[i] if i < len(v) else None
+        return v if last else None
+    return [one(height), one(width)]
+
+
+def _first_stage(first_stage: int | None, image: Tensor | None, total: int, upscaler: bool = False) -> int:
+    """Where the cascade starts: stage 0 from text, or a super-resolution stage from a given image (stage 0
+    itself when the cascade is an upscaler alone)."""
+    if upscaler:
+        if image is None:
+            raise ValueError("this model is an upscaler: pass the image to enlarge (image=, or `openimagen upscale`)")
+        if first_stage not in (None, 0) and not (isinstance(first_stage, int) and 0 <= first_stage < total):
+            raise ValueError(f"first_stage={first_stage!r} is not a stage of this {total}-stage cascade")
+        return first_stage or 0
     if first_stage is None:
         return 0 if image is None else 1
     if isinstance(first_stage, bool) or not isinstance(first_stage, int) or not 0 <= first_stage < total:

@@ -54,7 +54,7 @@ def _sampling(args) -> dict:
     """The request fields every command shares (generate, edit, upscale)."""
     return dict(negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images, steps=args.steps,
                 guidance=args.guidance, sampler=args.sampler, noise_level=args.noise_level,
-                model=_model_name(args.model), sr=_model_name(args.sr), precision=args.precision)
+                model=_model_name(args.model), sr=_sr_names(args.sr), precision=args.precision)
 
 
 def _check_prompts(prompts: list[str], example: str) -> None:
@@ -73,7 +73,7 @@ def _from_png(args, image: str | None = None):
     if args.prompt:
         raise ValueError("--from-png reproduces the stored prompt; give no prompt with it")
     if args.model is not None:  # the same parameters on another copy of the model
-        request = dataclasses.replace(request, model=args.model, sr=args.sr)
+        request = dataclasses.replace(request, model=args.model, sr=_sr_names(args.sr))
     if image is not None:  # the same input file in another place: its sha256 must still match
         if not isinstance(request, api.EditRequest):
             raise ValueError(f"{args.from_png} was made from text alone; give no image with --from-png")
@@ -93,6 +93,14 @@ def _run(request, args) -> int:
     for p in api.write_pngs(result, args.out):
         print(p)
     return 0
+
+
+def _sr_names(names: list[str] | None) -> str | list[str] | None:
+    """--sr given once: that name; several times (IF-II, then the x4 upscaler): the list, in order."""
+    if not names:
+        return None
+    names = [_model_name(n) for n in names]
+    return names[0] if len(names) == 1 else names
 
 
 def _model_name(name: str | None) -> str | None:
@@ -260,7 +268,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="run again with the parameters stored in a PNG that openimagen wrote (same image, bit for bit; "
                         "an edit's input files must be unchanged)")
     p.add_argument("--model", default=None, help=f"a model folder, or a DeepFloyd IF hub id / folder (default: {DEFAULT_MODEL_HELP})")
-    p.add_argument("--sr", default=None, help="a DeepFloyd IF stage II hub id or folder to run after --model")
+    p.add_argument("--sr", action="append", default=None,
+                   help="a DeepFloyd IF stage II hub id or folder to run after --model; give it again for stage III, "
+                        "the SD x4 upscaler (stabilityai/stable-diffusion-x4-upscaler): 64, 256, 1024 px")
     p.add_argument("--steps", type=_steps_arg, default=None,
                    help="sampling steps per stage, or an IF timestep list such as smart50 (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")

@@ -26,6 +26,11 @@ T = TypeVar("T")
 _UNIONS = (typing.Union, types.UnionType)
 
 
+# A field added after configs were shipped may carry metadata={OMIT_DEFAULT: True}: at its default it is left
+# out of the JSON, so every file written before it existed is still written byte for byte the same.
+OMIT_DEFAULT = "omit_default"
+
+
 class ConfigError(ValueError):
     """A config file or override names a key or value we do not understand."""
 
@@ -62,7 +67,8 @@ def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         kind = kind_of(type(value))
         out = {} if kind is None else {"kind": kind}
-        out.update({f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)})
+        out.update({f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if not (f.metadata.get(OMIT_DEFAULT) and getattr(value, f.name) == f.default)})
         return out
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]

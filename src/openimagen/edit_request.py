@@ -60,7 +60,7 @@ class EditRequest:
     noise_level: Any = None
     stop_at: int | None = None         # run stages .. stop_at-1
     model: str | None = None
-    sr: str | None = None
+    sr: str | list[str] | None = None
     precision: str = "auto"
 
     def __post_init__(self):
@@ -257,7 +257,11 @@ def _check_stages(cascade, req: EditRequest) -> EditRequest:
     """stop_at and from_stage against the model's stages (filled in: the resolved request names them)."""
     n = len(cascade.stages)
     first = 0
-    if req.mode == "upscale":
+    upscaler = cascade.stages[0].config.lowres  # an upscaler alone (the SD x4): it starts at stage 0
+    if req.mode == "upscale" and upscaler:
+        if req.from_stage is not None:
+            raise ValueError(f"from_stage={req.from_stage}: {req.model} is an upscaler alone; give no --from-stage")
+    elif req.mode == "upscale":
         if n == 1:
             raise ValueError(f"{req.model or 'the bundled model'} has one stage and nothing to upscale with; use a "
                              "cascade with a super-resolution stage (DeepFloyd IF: add --sr DeepFloyd/IF-II-L-v1.0)")
@@ -267,4 +271,4 @@ def _check_stages(cascade, req: EditRequest) -> EditRequest:
     stop = n if req.stop_at is None else req.stop_at
     if not first < stop <= n:
         raise ValueError(f"stop_at={req.stop_at} is outside {first + 1}..{n}")
-    return dataclasses.replace(req, stop_at=stop, from_stage=first if req.mode == "upscale" else None)
+    return dataclasses.replace(req, stop_at=stop, from_stage=first if req.mode == "upscale" and not upscaler else None)

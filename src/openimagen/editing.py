@@ -186,14 +186,19 @@ def outpaint(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, l
     return CascadeOutput(images=[canvas.crop_back(x, hw, extra) for x in out.images], prompts=out.prompts)
 
 
-def upscale(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, from_stage: int = 1, strength=None,
-            mask: Tensor | None = None, original: Tensor | None = None, blend: str | None = None,
+def upscale(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, from_stage: int | None = None,
+            strength=None, mask: Tensor | None = None, original: Tensor | None = None, blend: str | None = None,
             resample: int = 1, **kw) -> CascadeOutput:
-    """Enlarge a user's `image` with the super-resolution stages from `from_stage` on: the image is the
-    low-res input of that stage (resized to the stage before it). With `strength` or `original`
+    """Enlarge a user's `image` with the super-resolution stages from `from_stage` on (default 1): the image
+    is the low-res input of that stage (resized to the stage before it). With `strength` or `original`
     (the high-res image to start from; default `image` enlarged) each stage starts from the original
     noised part-way (IF's img2img-SR); with `mask` the unmasked pixels of `original` are kept (IF's
-    inpainting-SR). `strength` None = 0.8 for the first stage, then the model's defaults."""
+    inpainting-SR). `strength` None = 0.8 for the first stage, then the model's defaults.
+    An upscaler alone (a cascade whose stage 0 is super-resolution: the SD x4 upscaler) enlarges the
+    image as it is, at its own size rule."""
+    if cascade.stages[0].config.lowres:
+        return _upscaler_alone(cascade, image, prompts, from_stage, strength, mask, original, kw)
+    from_stage = 1 if from_stage is None else from_stage
     total = len(cascade.stages)
     if total < 2:
         raise ValueError("this model has one stage and no super-resolution stage, so it cannot upscale an "
@@ -212,6 +217,20 @@ def upscale(cascade: Cascade, image: Tensor, prompts: str | Sequence[str], *, fr
     if mode == "img2img" and strength is None:
         strength = UPSCALE_STRENGTH
     return _edit(cascade, prompts, mode, target, mask, strength, blend, resample, kw, first=from_stage, lowres=low)
+
+
+def _upscaler_alone(cascade, image, prompts, from_stage, strength, mask, original, kw) -> CascadeOutput:
+    if from_stage not in (None, 0):
+        raise ValueError(f"from_stage={from_stage!r}: this model is an upscaler alone, which starts at its only stage")
+    given = [name for name, v in (("strength", strength), ("mask", mask), ("original", original)) if v is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} need an IF super-resolution stage; the upscaler alone enlarges the "
+                         "image as it is (drop them)")
+    for k in _NOT_HERE:
+        if k in kw:
+            raise ValueError(f"{k}= is set by the upscale itself (the output is the upscaler's factor times the image)")
+    P = _n_prompts(prompts)
+    return cascade.generate(prompts, image=_rows(_check_image(image, P), P), first_stage=0, **kw)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def is_deepfloyd(name_or_path: str) -> bool:
     return p.is_dir() and ((p / "model_index.json").is_file() or (p / "unet").is_dir())
 
 
-def load_model(model: str | None, *, sr: str | None = None, device: str = "cpu", dtype: torch.dtype | None = None):
+def load_model(model: str | None, *, sr: str | list[str] | None = None, device: str = "cpu", dtype: torch.dtype | None = None):
     """Return an object with `.generate(prompts, ...)`: an openimagen Cascade or a DeepFloyd IF cascade."""
     if model is None:
         if sr is not None:
@@ -40,6 +40,14 @@ def load_model(model: str | None, *, sr: str | None = None, device: str = "cpu",
         return _our_cascade(path / "model", sr, device, dtype)
     if is_deepfloyd(model):
         from .checkpoints.deepfloyd_if import load_if_cascade
+        from .checkpoints.sd_upscaler import load_upscaler_stage, names_upscaler
+
+        if names_upscaler(model):  # the SD x4 upscaler alone: a one-stage cascade that enlarges a given image
+            if sr is not None:
+                raise ValueError(f"--model {model} is an upscaler; it takes no --sr (give it as the last --sr of an IF "
+                                 "cascade instead)")
+            stage = load_upscaler_stage(model, device=device, dtype=dtype)
+            return Cascade(stage.text_encoder, [stage])
 
         return load_if_cascade(model, sr=sr, device=device, dtype=dtype)
     if not path.exists():

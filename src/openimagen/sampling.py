@@ -7,7 +7,8 @@
 
 An editing feature is a start state, a denoiser wrapper or an after-step hook (docs/architecture.md),
 never a keyword of a sampler or a branch in `Cascade.generate`. Random numbers are drawn from the one
-generator in diffusers' IF order: the start state, then the augmentation noise, then the sampler's.
+generator in diffusers' IF order: the start state, then the augmentation noise, then the sampler's
+(a stage with `lowres_noise_first`, the x4 upscaler, draws the augmentation noise before the start state).
 """
 from __future__ import annotations
 
@@ -116,8 +117,9 @@ def sample_stage(
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     device = cond["text_embeds"].device
-    x, ts = start(shape, ts, stage, generator, device)
     cond, uncond = dict(cond), dict(uncond)
+    if not stage.lowres_noise_first:
+        x, ts = start(shape, ts, stage, generator, device)
     if cfg.lowres:
         if lowres is None:
             raise ValueError("a super-resolution stage needs the previous stage's image (lowres=)")
@@ -125,6 +127,8 @@ def sample_stage(
         low, low_t = stage.augment_lowres(lowres, level, generator, tuple(shape[-2:]))
         for c in (cond, uncond):
             c["lowres"], c["noise_level"] = low, low_t
+    if stage.lowres_noise_first:  # diffusers' x4 upscaler draws the low-res noise first
+        x, ts = start(shape, ts, stage, generator, device)
     denoise = classifier_free_guidance(_model_fn(stage, autocast_dtype), cond, uncond,
                                        cfg.guidance if guidance is None else guidance)
     denoise = thresholding(cfg.threshold, stage.schedule, cfg.threshold_percentile, cfg.threshold_max)(denoise)

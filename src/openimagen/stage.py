@@ -19,23 +19,24 @@ from .diffusion.noise import randn
 from .lowres import RESIZE_MODES, LowresConditioning
 from .nn.efficient_unet import EfficientUNet, EfficientUNetConfig
 from .nn.if_unet import IFUNet, IFUNetConfig
+from .nn.sd_unet import SDUNet, SDUNetConfig
 
 # ----------------------------------------------------------------------------------------------
 # Stage: one U-Net with its noise schedule, parameterisation and sampling defaults
 
-UNET_CLASSES = {EfficientUNetConfig: EfficientUNet, IFUNetConfig: IFUNet}  # config -> network
+UNET_CLASSES = {EfficientUNetConfig: EfficientUNet, IFUNetConfig: IFUNet, SDUNetConfig: SDUNet}  # config -> network
 
 
 @dataclass(frozen=True)
 class StageConfig:
     resolution: int
-    unet: EfficientUNetConfig | IFUNetConfig    # the U-Net's own config; its JSON is tagged "kind": "efficient" | "if"
+    unet: EfficientUNetConfig | IFUNetConfig | SDUNetConfig  # the U-Net's config; JSON "kind": "efficient" | "if" | "sd"
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="cosine"))
     parameterization: Parameterization = field(default_factory=Parameterization)
     lowres: bool = False                        # super-resolution stage: conditioned on the previous image
     lowres_schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="linear"))
     noise_level: float = 0.2                    # SR: the low-res image's noise level when sampling (lowres_schedule)
-    lowres_resize: str = "bilinear"             # how the previous image is enlarged: "bilinear" | "bicubic" | "nearest"
+    lowres_resize: str = "bilinear"             # how the previous image is resized: "bilinear" | "bicubic" | "nearest"
     lowres_align_corners: bool = False          # IF: bilinear with align_corners=True
     sampler: str = "ddpm"
     steps: int | str = 50                       # a count, or a named list such as "smart50" (discrete schedules)
@@ -103,6 +104,22 @@ class Stage(torch.nn.Module):
     @property
     def resolution(self) -> int:
         return self.config.resolution
+
+    # What a latent stage (latent_stage.py) does differently; a pixel stage samples the image itself.
+    lowres_noise_first = False  # RNG order: draw the low-res noise before the start state (diffusers' x4 upscaler)
+    text_encoder = None         # a stage's own text encoder; None = the cascade's
+
+    def sample_shape(self, batch: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """The shape the sampler works in for an (h, w) output image."""
+        return (batch, 3, h, w)
+
+    def output_size(self, lowres_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """A stage whose output size follows its input (h, w) says so here; None = sized by the request."""
+        return None
+
+    def finish(self, x: Tensor) -> Tensor:
+        """The sampler's result as an image (B, 3, H, W) in [-1, 1] (a latent stage decodes it)."""
+        return x
 
     def unet_inputs(self, x: Tensor, t: Tensor, cond: dict) -> dict:
         """The U-Net's arguments for x_t at t (schedule units) with conditioning `cond` (text_embeds,

@@ -183,7 +183,9 @@ def test_scheduler_config_translation(tmp_path):
     path.write_text(json.dumps(dict(IF_SCHEDULER, thresholding=False, clip_sample=False)))
     assert read_sampling_scheduler(path, learned_variance=True)["threshold"] == "none"
     assert read_noise_schedule(path).kind == "ddpm_cosine"
-    for key, value, match in [("beta_schedule", "scaled_linear", "beta_schedule='scaled_linear' is not supported"),
+    path.write_text(json.dumps(dict(IF_SCHEDULER, beta_schedule="scaled_linear")))  # any named table reads (issue 13)
+    assert read_noise_schedule(path).betas == "scaled_linear"
+    for key, value, match in [("beta_schedule", "sigmoid", "beta_schedule='sigmoid' is not supported"),
                               ("timestep_spacing", "trailing", "timestep_spacing='trailing' is not supported"),
                               ("prediction_type", "v_prediction", "prediction_type='v_prediction' is not supported"),
                               ("variance_type", "fixed_small", "variance_type='fixed_small' .* is not supported")]:

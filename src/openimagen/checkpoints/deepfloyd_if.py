@@ -47,9 +47,13 @@ DEFAULTS = {1: dict(steps=100, guidance=7.0), 2: dict(steps=50, guidance=4.0, no
 _STAGE_NAME = {1: "stage I (base, 64 px)", 2: "stage II (super-resolution)"}
 
 
-def load_if_cascade(model: str, sr: str | None = None, *, device: str | torch.device = "cpu",
+def load_if_cascade(model: str, sr: str | list[str] | None = None, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None, clean_caption: bool = False) -> Cascade:
-    """A Cascade from an IF stage I checkpoint (+ optionally stage II), each a local folder or a hub id.
+    """A Cascade from an IF stage I checkpoint (+ optionally stage II, + optionally the SD x4 upscaler as
+    stage III), each a local folder or a hub id; `sr` is one name or a list in cascade order.
+
+    The x4 upscaler (checkpoints/sd_upscaler.py) brings its own CLIP text encoder and defaults to IF's
+    documented noise level 100 when it follows IF stage II.
 
     Hub ids are fetched with `huggingface_hub.snapshot_download` into its cache (only the files named in
     LAYOUT; fp16 weights when `dtype` is half). `device`/`dtype` place every weight; to keep models on
@@ -59,11 +63,22 @@ def load_if_cascade(model: str, sr: str | None = None, *, device: str | torch.de
     half = dtype in HALF
     first = resolve_checkpoint(model, text=True, half=half)
     stages = [load_stage(first, stage=1, role="model", device=device, dtype=dtype)]
-    if sr is not None:
-        stages.append(load_stage(resolve_checkpoint(sr, text=False, half=half), stage=2, role="sr",
-                                 device=device, dtype=dtype))
+    from .sd_upscaler import IF_NOISE_LEVEL, load_upscaler_stage, names_upscaler
+
+    for k, name in enumerate([] if sr is None else [sr] if isinstance(sr, str) else list(sr)):
+        if names_upscaler(name):
+            stages.append(load_upscaler_stage(name, device=device, dtype=dtype, resolution=4 * stages[-1].resolution,
+                                              noise_level=IF_NOISE_LEVEL))
+        elif k == 0:
+            stages.append(load_stage(resolve_checkpoint(name, text=False, half=half), stage=2, role="sr",
+                                     device=device, dtype=dtype))
+        else:
+            raise IFCheckpointError(f"--sr {name}: after IF stage II only the Stable Diffusion x4 upscaler "
+                                    "(stabilityai/stable-diffusion-x4-upscaler) can follow as stage III")
     text = _load_t5(first, device=device, dtype=dtype, half=half, clean_caption=clean_caption)
     for s in stages:
+        if s.text_encoder is not None:  # the x4 upscaler reads its own CLIP
+            continue
         want = s.unet.cfg.text_dim
         if text.dim != want:
             raise IFCheckpointError(f"the T5 in {first / 'text_encoder'} is {text.dim}-d but the U-Net of stage "

@@ -105,7 +105,18 @@ def static_threshold(denoise: Denoiser, schedule: Schedule) -> Denoiser:
     return wrapped
 
 
-THRESHOLDS = ("dynamic", "static", "none")
+def clip_x0(denoise: Denoiser) -> Denoiser:
+    """Clip x0_hat to [-1, 1] and keep the model's eps: diffusers' DDIM `clip_sample` (its default
+    use_clipped_model_output=False), the one place where x_t = alpha x0 + sigma eps is knowingly broken,
+    so that checkpoints configured this way (diffusers' upscaler test components) sample as they do there."""
+    def wrapped(x: Tensor, t: Tensor) -> Denoised:
+        d = denoise(x, t)
+        return Denoised(x0=d.x0.clamp(-1, 1), eps=d.eps, var_interp=d.var_interp)
+
+    return wrapped
+
+
+THRESHOLDS = ("dynamic", "static", "clip_x0", "none")
 
 
 def thresholding(kind: str, schedule: Schedule, percentile: float = 0.995,
@@ -115,6 +126,8 @@ def thresholding(kind: str, schedule: Schedule, percentile: float = 0.995,
         return lambda denoise: dynamic_threshold(denoise, schedule, percentile, max_value)
     if kind == "static":
         return lambda denoise: static_threshold(denoise, schedule)
+    if kind == "clip_x0":
+        return clip_x0
     if kind == "none":
         return lambda denoise: denoise
     raise ValueError(f"unknown threshold {kind!r}; choose one of {list(THRESHOLDS)}")

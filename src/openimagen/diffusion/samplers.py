@@ -92,12 +92,16 @@ def ddim(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[float] |
     """DDIM, Song et al. 2021 (eq. 12 and 16): deterministic at eta = 0, DDPM-like variance at eta = 1.
 
     x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z,  c = eta * (sigma_s/sigma_t) * sqrt(1 - abar_t/abar_s).
+    A schedule whose `final_alpha_sigma()` is not None ends there instead of at the clean state.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM variance), got {eta}")
     x = _start(x)
+    final = getattr(schedule, "final_alpha_sigma", lambda: None)()  # diffusers' set_alpha_to_one=False
     for i, t, (a_t, s_t), (a_s, s_s), last in _steps(x, schedule, ts):
         d, x_t = denoise(x, t), x
+        if last and final is not None:  # land on alphas_cumprod[0], not the clean state
+            a_s, s_s = torch.full_like(a_t, final[0]), torch.full_like(s_t, final[1])
         beta = (s_t**2 - s_s**2) / a_s**2                              # 1 - abar_t / abar_s
         c = eta * (s_s / s_t) * beta.clamp_min(0).sqrt()
         x = a_s * d.x0 + (s_s**2 - c**2).clamp_min(0).sqrt() * d.eps

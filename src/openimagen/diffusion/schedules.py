@@ -14,6 +14,13 @@ Kinds
                 beta_i = min(1 - abar((i+1)/T) / abar(i/T), 0.999), abar(s) = cos((s + 0.008)/1.008 * pi/2)^2,
                 betas rounded to float32 and cumulated in float32 exactly as diffusers' DDPMScheduler does,
                 so that IF checkpoints see the noise levels they were trained on.
+- "discrete"    discrete t in {0, ..., T-1} from any beta table `betas` (BETA_TABLES): "squaredcos_cap_v2"
+                (the same table as "ddpm_cosine"), "scaled_linear" (betas = linspace(sqrt(b0), sqrt(b1))^2,
+                Stable Diffusion's; ldm's "linear") or "linear" (linspace(b0, b1), DDPM's), with
+                `beta_start`/`beta_end`. One class for every table: `DiscreteSchedule`.
+                `steps_offset` shifts "leading" timesteps (diffusers' steps_offset: the x4 upscaler's 963..1);
+                `set_alpha_to_one=False` makes DDIM's last step land on alphas_cumprod[0] instead of the clean
+                state, as diffusers' DDIMScheduler does (the x4 upscaler's config).
 
 Shift (continuous kinds): `logsnr_shift` moves the whole curve, logsnr(t) = clamp(raw(t) + shift) --
 Hoogeboom et al. 2023 ("simple diffusion") shift by 2 log(64 / resolution) so that a larger image, whose
@@ -26,7 +33,7 @@ Times are float tensors in the schedule's own units (see docs/architecture.md); 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -35,7 +42,9 @@ from torch import Tensor
 
 from .noise import rand, randint
 
-KINDS = ("cosine", "linear", "ddpm_cosine")
+KINDS = ("cosine", "linear", "ddpm_cosine", "discrete")
+BETA_TABLES = ("squaredcos_cap_v2", "scaled_linear", "linear")
+_OMIT = {"omit_default": True}  # config.OMIT_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -45,13 +54,26 @@ class ScheduleConfig:
     logsnr_min: float = -20.0         # continuous kinds only: the noisiest end, t = 1
     logsnr_max: float = 20.0          # continuous kinds only: the cleanest end, t = 0
     logsnr_shift: float = 0.0         # continuous kinds only: added to logsnr(t) before clamping (see below)
+    # Discrete-table fields (issue 13), left out of the JSON at their defaults (config.py OMIT_DEFAULT; diffusion/
+    # imports nothing of ours, so the key is spelled here).
+    betas: str = field(default="squaredcos_cap_v2", metadata=_OMIT)  # "discrete" only: the table (BETA_TABLES)
+    beta_start: float = field(default=0.0001, metadata=_OMIT)          # "discrete" linear tables only
+    beta_end: float = field(default=0.02, metadata=_OMIT)
+    steps_offset: int = field(default=0, metadata=_OMIT)    # added to "leading" timesteps (diffusers' steps_offset)
+    set_alpha_to_one: bool = field(default=True, metadata=_OMIT)  # False: DDIM's last step lands on alphas_cumprod[0]
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown schedule kind {self.kind!r}; choose one of {list(KINDS)}")
+        if self.kind == "discrete" and self.betas not in BETA_TABLES:
+            raise ValueError(f"unknown beta table {self.betas!r}; choose one of {list(BETA_TABLES)}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start ({self.beta_start}) < beta_end ({self.beta_end}) < 1")
+        if int(self.steps_offset) != self.steps_offset or self.steps_offset < 0:
+            raise ValueError(f"steps_offset must be a whole number >= 0, got {self.steps_offset!r}")
         if int(self.num_train_timesteps) != self.num_train_timesteps or self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
-        if self.logsnr_shift and self.kind == "ddpm_cosine":
+        if self.logsnr_shift and self.kind in ("ddpm_cosine", "discrete"):
             raise ValueError("logsnr_shift applies to the continuous kinds ('cosine', 'linear') only")
         if not self.logsnr_min < self.logsnr_max:
             raise ValueError(
@@ -60,7 +82,7 @@ class ScheduleConfig:
 
     @property
     def discrete(self) -> bool:
-        return self.kind == "ddpm_cosine"
+        return self.kind in ("ddpm_cosine", "discrete")
 
 
 class Schedule(Protocol):
@@ -143,13 +165,28 @@ def squaredcos_cap_v2_alphas_cumprod(T: int = 1000, max_beta: float = 0.999) -> 
     return torch.cumprod(1.0 - betas, dim=0)  # float32 cumprod, as the IF scheduler computes it
 
 
-class DDPMCosineSchedule:
+def beta_table_alphas_cumprod(table: str, T: int, beta_start: float, beta_end: float) -> Tensor:
+    """(T,) float32 alphas_cumprod of a named beta table, computed in float32 as diffusers' schedulers do."""
+    if table == "squaredcos_cap_v2":
+        return squaredcos_cap_v2_alphas_cumprod(T)
+    if table == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+    elif table == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown beta table {table!r}; choose one of {list(BETA_TABLES)}")
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+class DiscreteSchedule:
+    """A table of alphas_cumprod indexed by integer t, from any beta table (one class for all)."""
     discrete = True
 
     def __init__(self, config: ScheduleConfig):
         self.config = config
         self.T = int(config.num_train_timesteps)
-        self.alphas_cumprod = squaredcos_cap_v2_alphas_cumprod(self.T)         # (T,) float32
+        table = "squaredcos_cap_v2" if config.kind == "ddpm_cosine" else config.betas
+        self.alphas_cumprod = beta_table_alphas_cumprod(table, self.T, config.beta_start, config.beta_end)  # (T,)
         abar = self.alphas_cumprod.double()
         # sigma from 1 - abar (not from alpha) keeps it accurate where abar is close to 1.
         self._alpha = abar.sqrt().float()
@@ -183,7 +220,9 @@ class DDPMCosineSchedule:
             raise ValueError(f"number of steps must be an integer in [1, {T}], got {n!r}")
         n = int(n)
         if spacing == "leading":      # diffusers' default and what IF's hub config uses
-            ts = np.arange(n)[::-1] * (T // n)
+            ts = np.arange(n)[::-1] * (T // n) + int(self.config.steps_offset)
+            if ts[0] > T - 1:
+                raise ValueError(f"{n} steps with steps_offset {self.config.steps_offset} reach past t={T - 1}")
         elif spacing == "trailing":   # starts at T-1, so the first step sees pure noise
             ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
         elif spacing == "linspace":
@@ -201,8 +240,16 @@ class DDPMCosineSchedule:
     def model_time(self, t: Tensor) -> Tensor:
         return t
 
+    def final_alpha_sigma(self) -> tuple[float, float] | None:
+        """Where DDIM's last step lands: None = the clean state; else (alpha, sigma) of alphas_cumprod[0]."""
+        if self.config.set_alpha_to_one:
+            return None
+        return float(self._alpha[0]), float(self._sigma[0])
 
-SCHEDULES = {"cosine": CosineSchedule, "linear": LinearSchedule, "ddpm_cosine": DDPMCosineSchedule}
+
+DDPMCosineSchedule = DiscreteSchedule  # the name IF code knows; "ddpm_cosine" is the squaredcos_cap_v2 table
+SCHEDULES = {"cosine": CosineSchedule, "linear": LinearSchedule, "ddpm_cosine": DiscreteSchedule,
+             "discrete": DiscreteSchedule}
 
 
 def make_schedule(cfg: ScheduleConfig | str) -> Schedule:

@@ -12,6 +12,7 @@ layout; `checkpoints/*.py` translate the configs into ours and `nn/` builds the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable
@@ -136,31 +137,68 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], where: Path |
 
 def load_component(folder: Path, subfolder: str, build: Callable[[dict], nn.Module], *,
                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                   variant: str | None = None) -> nn.Module:
+                   variant: str | None = None, rename: Callable[[dict], dict] | None = None) -> nn.Module:
     """A model from a diffusers component folder: `build(config dict)` on the meta device, then filled strictly.
 
-    The config is parsed (and refused, by `build`) before any weight is read.
+    The config is parsed (and refused, by `build`) before any weight is read. `rename(state)` translates
+    an older spelling of the keys first (the VAE's pre-2023 attention names), so both spellings load strictly.
     """
     d, config = read_config(folder, subfolder)
     with torch.device("meta"):
         model = build(config)
-    return load_strict(model, read_weights(d, dtype=dtype, device=device, variant=variant), d)
+    state = read_weights(d, dtype=dtype, device=device, variant=variant)
+    return load_strict(model, rename(state) if rename is not None else state, d)
 
 
 # ----------------------------------------------------------------------------- scheduler configs
 
-# diffusers beta_schedule -> our discrete schedule kind with the same table, bit for bit.
-BETA_SCHEDULES = {"squaredcos_cap_v2": "ddpm_cosine"}
+# diffusers beta_schedule -> our discrete schedule kind with the same table, bit for bit: IF's cosine table keeps
+# its own kind name ("ddpm_cosine"); every other table is the "discrete" kind with `betas` naming it.
+BETA_SCHEDULES = {"squaredcos_cap_v2": "ddpm_cosine", "scaled_linear": "discrete", "linear": "discrete"}
 
 
-def read_noise_schedule(path: Path) -> ScheduleConfig:
-    """Our ScheduleConfig for the noise table of a diffusers DDPM-style `scheduler_config.json`."""
-    d = read_json(path)
+def read_noise_schedule(path: Path, d: dict | None = None) -> ScheduleConfig:
+    """Our ScheduleConfig for the noise table of a diffusers DDPM/DDIM-style `scheduler_config.json`."""
+    d = read_json(path) if d is None else d
     beta = d.get("beta_schedule", "linear")
+    if d.get("trained_betas") is not None:
+        raise CheckpointError(f"{path}: trained_betas (an explicit table) is not supported; use a named beta_schedule")
     if beta not in BETA_SCHEDULES:
         raise CheckpointError(f"{path}: beta_schedule={beta!r} is not supported; supported: "
-                              + ", ".join(f"{k!r} (our {v!r} schedule)" for k, v in BETA_SCHEDULES.items()))
-    return ScheduleConfig(kind=BETA_SCHEDULES[beta], num_train_timesteps=int(d.get("num_train_timesteps", 1000)))
+                              + ", ".join(repr(k) for k in BETA_SCHEDULES))
+    kind = BETA_SCHEDULES[beta]
+    T = int(d.get("num_train_timesteps", 1000))
+    if kind == "ddpm_cosine":
+        return ScheduleConfig(kind=kind, num_train_timesteps=T)
+    return ScheduleConfig(kind=kind, num_train_timesteps=T, betas=beta, beta_start=float(d.get("beta_start", 1e-4)),
+                          beta_end=float(d.get("beta_end", 0.02)))
+
+
+def read_ddim_scheduler(path: Path) -> dict:
+    """StageConfig fields (schedule, parameterization, threshold, sampler) from a diffusers DDIMScheduler config.
+
+    "leading" spacing with steps_offset, set_alpha_to_one, prediction_type epsilon / v_prediction and
+    clip_sample (static threshold) as diffusers' DDIMScheduler reads them; anything else is refused.
+    """
+    d = read_json(path)
+    if d.get("_class_name", "DDIMScheduler") != "DDIMScheduler":
+        raise CheckpointError(f"{path}: _class_name={d['_class_name']!r}; the upscaler's scheduler is a DDIMScheduler")
+    spacing = d.get("timestep_spacing", "leading")
+    if spacing != "leading":
+        raise CheckpointError(f"{path}: timestep_spacing={spacing!r} is not supported; we read 'leading'")
+    if d.get("thresholding", False) or d.get("rescale_betas_zero_snr", False):
+        raise CheckpointError(f"{path}: thresholding / rescale_betas_zero_snr are not supported for DDIM configs")
+    pred = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(d.get("prediction_type", "epsilon"))
+    if pred is None:
+        raise CheckpointError(f"{path}: prediction_type={d['prediction_type']!r} is not supported")
+    if float(d.get("clip_sample_range", 1.0)) != 1.0:
+        raise CheckpointError(f"{path}: clip_sample_range={d['clip_sample_range']} is not supported (we clip to 1)")
+    base = read_noise_schedule(path, d)
+    schedule = dataclasses.replace(base, steps_offset=int(d.get("steps_offset", 0)),
+                                   set_alpha_to_one=bool(d.get("set_alpha_to_one", True)))
+    return {"schedule": schedule, "parameterization": Parameterization(kind=pred), "sampler": "ddim",
+            # DDIM's clip_sample clamps x0 and keeps the model's eps (use_clipped_model_output=False)
+            "threshold": "clip_x0" if d.get("clip_sample", True) else "none"}
 
 
 def read_sampling_scheduler(path: Path, *, learned_variance: bool) -> dict:
