@@ -49,9 +49,13 @@ class GenerateRequest:
     model: str | None = None           # what `load_model` takes: None (bundled), a folder, an IF hub id
     sr: str | None = None              # an IF stage II to run after an IF stage I `model`
     precision: str = "fp32"            # weights dtype: fp32 | bf16 | fp16
+    lora: tuple[str, ...] = ()         # LoRA adapters "PATH[:scale]" on the model (lora.py)
 
     def __post_init__(self):
         normalise(self, PER_STAGE)
+        if isinstance(self.lora, str) or not all(isinstance(x, str) for x in self.lora):
+            raise ValueError(f"lora={self.lora!r} must be a list of 'PATH[:scale]' strings")
+        object.__setattr__(self, "lora", tuple(self.lora))
 
     def to_json(self) -> str:
         return json.dumps({"format": REQUEST_FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
@@ -126,7 +130,7 @@ def run(request: GenerateRequest, *, cascade=None, device: str = "cpu", offload:
         from .load import load_model
 
         cascade = load_model(request.model, sr=request.sr, device="cpu" if offload else device,
-                             dtype=PRECISIONS[request.precision])
+                             dtype=PRECISIONS[request.precision], lora=request.lora)
     req = resolve(cascade, request)
     out = cascade.generate(
         req.prompt, negative_prompt=req.negative_prompt, num_images=req.num_images, steps=req.steps,

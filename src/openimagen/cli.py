@@ -46,7 +46,9 @@ def cmd_generate(args) -> int:
     if args.from_png is not None:
         return _run(_from_png(args), args)
     _check_prompts(args.prompt, 'openimagen generate "a red circle above a blue square"')
-    request = api.GenerateRequest(prompt=args.prompt, height=args.height, width=args.width, **_sampling(args))
+    lora = tuple(_lora_name(x) for x in args.lora or ())
+    request = api.GenerateRequest(prompt=args.prompt, height=args.height, width=args.width, lora=lora,
+                                  **_sampling(args))
     return _run(request, args)
 
 
@@ -90,6 +92,13 @@ def _run(request, args) -> int:
     for p in api.write_pngs(result, args.out):
         print(p)
     return 0
+
+
+def _lora_name(item: str) -> str:
+    from .lora import parse_lora_arg
+
+    path, scale = parse_lora_arg(item)
+    return f"{_model_name(path)}:{scale:g}"
 
 
 def _model_name(name: str | None) -> str | None:
@@ -196,8 +205,14 @@ examples:
 
 def cmd_train(args) -> int:
     from .train import load_train_config, train
+    from .train.finetune import finetune_config
+    from .finetune_cli import init_from_args
 
-    cfg = load_train_config(args.preset, args.config, args.set or [])
+    init = init_from_args(args)
+    if init is not None:
+        cfg = finetune_config(init, args.preset, args.config, args.set or [])
+    else:
+        cfg = load_train_config(args.preset, args.config, args.set or [])
     model_dir = train(cfg, args.out, resume=args.resume, max_steps=args.max_steps,
                       data_path=args.data, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process of a multi-process run
@@ -286,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="*", help="one or more prompts")
     g.add_argument("--height", type=_positive_int("--height"), default=None, help="output height of the last stage")
     g.add_argument("--width", type=_positive_int("--width"), default=None, help="output width of the last stage")
+    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (folder or .safetensors; a LoRA run folder) on the model; repeat for several")
     _add_sampling_options(g)
     g.set_defaults(func=cmd_generate)
 
@@ -327,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(t, "run folder: checkpoints, samples, logs and the final model")
     t.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None, help="stop after this many steps per stage")
     t.add_argument("--resume", action="store_true", help="continue exactly where the run in --out stopped")
+    from .finetune_cli import add_init_options
+
+    add_init_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("embed", help="encode every caption of the training data once (before `train`)")
