@@ -63,7 +63,17 @@ class LoraConfig:
 
 
 def _layers(unet: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    """{path: Linear / Conv2d} of the U-Net itself; a layer that already holds adapters counts as its base."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    out = {}
+    for n, m in unet.named_modules():
+        if ".lora_" in n or n.endswith(".base_layer") or ".base_layer." in n:
+            continue  # peft's own pieces
+        m = m.get_base_layer() if isinstance(m, BaseTunerLayer) else m
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            out[n] = m
+    return out
 
 
 def _matches(path: str, target: str) -> bool:
@@ -267,9 +277,6 @@ def apply_adapter(stage, adapter: Adapter, name: str, scale: float = 1.0) -> Non
                          f"{stage.config.unet.kind} at {stage.config.resolution} px ({stage_fingerprint(stage.config)}); "
                          "pass the model it was trained from")
     layers = _layers(stage.unet)
-    base = {p: m.get_base_layer() for p, m in stage.unet.named_modules() if isinstance(m, BaseTunerLayer)}
-    layers.update(base)
-    layers = {p: m for p, m in layers.items() if not p.endswith(".base_layer")}
     missing = [p for p in adapter.layers if p not in layers]
     wrong = [p for p, (A, B) in adapter.layers.items() if p in layers
              and (A.shape[1] != layers[p].weight.shape[1] or B.shape[0] != layers[p].weight.shape[0])]
