@@ -19,6 +19,10 @@ def add_init_options(p: argparse.ArgumentParser) -> None:
     f.add_argument("--lora-convs", action="store_true", help="also adapt the residual blocks' convolutions")
     f.add_argument("--merge", action="store_true", help="also write OUT/model with the adapters merged in")
     f.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (IF U-Nets)")
+    f.add_argument("--caption", default=None, help='one caption for every training image, e.g. "a photo of sks dog"')
+    f.add_argument("--prior-prompts", default=None, metavar="FILE",
+                   help="prior preservation: a text file of class prompts (one a line) the model draws and keeps")
+    f.add_argument("--prior-images", type=int, default=64, help="how many prior images to draw (default 64)")
 
 
 def init_from_args(args):
@@ -28,8 +32,10 @@ def init_from_args(args):
 
     lora_opts = (args.lora_alpha is not None or args.lora_targets or args.lora_convs or args.lora_dropout or args.merge)
     if args.init is None:
-        if args.init_sr or args.train_stages or args.lora_rank is not None or lora_opts or args.gradient_checkpointing:
-            raise ValueError("--init-sr, --train-stages, --lora-* and --gradient-checkpointing fine-tune a model: "
+        if (args.init_sr or args.train_stages or args.lora_rank is not None or lora_opts or args.gradient_checkpointing
+                or args.caption or args.prior_prompts):
+            raise ValueError("--init-sr, --train-stages, --lora-*, --caption, --prior-* and --gradient-checkpointing "
+                             "fine-tune a model: "
                              "give --init MODEL (e.g. --init bundled)")
         return None
     if lora_opts and args.lora_rank is None:
@@ -45,5 +51,17 @@ def init_from_args(args):
         targets = tuple(t.strip() for t in args.lora_targets.split(",")) if args.lora_targets else None
         lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets,
                           convs=args.lora_convs)
+    prior = None
+    if args.prior_prompts is not None:
+        from pathlib import Path
+
+        from .train.config import PriorConfig
+
+        path = Path(args.prior_prompts)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prior-prompts {path}: no such file; give a text file with one prompt a line")
+        prompts = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        prior = PriorConfig(prompts=prompts, num_images=args.prior_images)
     return InitConfig(model=args.init, sr=args.init_sr, train=train, lora=lora,
-                      gradient_checkpointing=args.gradient_checkpointing, merge=args.merge)
+                      gradient_checkpointing=args.gradient_checkpointing, merge=args.merge, caption=args.caption,
+                      prior=prior)

@@ -123,6 +123,20 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class PriorConfig:
+    """Prior preservation (DreamBooth, Ruiz et al. 2023): images the starting model draws for these prompts
+    (cycled), generated once into out_dir/prior/ and mixed into the training data, so the model keeps them."""
+    prompts: tuple[str, ...]
+    num_images: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise ConfigError(f"init.prior.prompts={self.prompts!r} must be non-empty prompts (the class to preserve)")
+        _positive_int(self.num_images, "init.prior.num_images")
+
+
+@dataclass(frozen=True)
 class InitConfig:
     """Fine-tuning: start from a trained model instead of random weights (train/finetune.py)."""
     model: str                          # what `generate --model` takes: "bundled", a folder, a run, an IF folder / hub id
@@ -131,6 +145,8 @@ class InitConfig:
     lora: LoraConfig | None = None      # train LoRA adapters only (None: every weight of the trained stages)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (IF U-Nets)
     merge: bool = False                 # LoRA: also publish out_dir/model with the adapters merged in
+    caption: str | None = None          # every training image gets this caption ("a photo of sks dog")
+    prior: PriorConfig | None = None    # prior preservation: the starting model's own images, mixed in
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:

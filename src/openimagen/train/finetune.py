@@ -254,3 +254,82 @@ def memory_estimate(cfg: TrainConfig, stages: list[Stage]) -> str:
         total += b
         lines.append(f"stage {k}: {n_all / 1e6:.2f}M params, {n_train / 1e6:.3f}M train -> {b / 2**20:.0f} MiB")
     return f"memory estimate (fp32, activations not included): {total / 2**20:.0f} MiB; " + "; ".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# subject data: one caption for every image, and prior preservation
+
+
+class _Subject(torch.utils.data.Dataset):
+    """The training images (each with `caption` when one is given) followed by the prior images."""
+
+    def __init__(self, subject, caption: str | None, prior=None):
+        self.subject, self.caption, self.prior = subject, caption, prior
+        self.n = len(subject)
+
+    def __len__(self) -> int:
+        return self.n + (len(self.prior) if self.prior is not None else 0)
+
+    @property
+    def captions(self) -> list[str]:
+        own = [self.caption] * self.n if self.caption is not None else list(self.subject.captions)
+        return own + (list(self.prior.captions) if self.prior is not None else [])
+
+    def set_epoch(self, epoch: int) -> None:
+        for d in (self.subject, self.prior):
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict:
+        if i >= self.n:
+            return self.prior[i - self.n]
+        item = self.subject[i]
+        return {"image": item["image"], "caption": self.caption if self.caption is not None else item["caption"]}
+
+
+def with_subject(cfg: TrainConfig, dataset, out: Path):
+    """The run's dataset with init.caption applied and init.prior's images mixed in (as is without either)."""
+    if cfg.init is None or (cfg.init.caption is None and cfg.init.prior is None):
+        return dataset
+    if not hasattr(dataset, "captions") or not hasattr(dataset, "__len__"):
+        raise ValueError("init.caption / init.prior need a map-style dataset (shapes or a folder), not tar shards")
+    prior = None
+    if cfg.init.prior is not None:
+        from ..data.folders import ImageCaptionFolder
+
+        prior = ImageCaptionFolder(Path(out) / "prior", max(cfg.resolutions), verify=True, seed=cfg.data.seed)
+    return _Subject(dataset, cfg.init.caption, prior)
+
+
+def ensure_prior_images(cfg: TrainConfig, out: Path, progress: bool = True) -> None:
+    """out/prior/NNNN.png + .txt: what the starting model draws for init.prior.prompts (written once;
+    a resumed run reuses them). Other processes of a multi-process run wait for the main one."""
+    import os
+    import time
+
+    pc = cfg.init.prior
+    folder = Path(out) / "prior"
+    if pc is None or folder.is_dir():
+        return
+    if int(os.environ.get("RANK", "0")) != 0:
+        while not folder.is_dir():
+            time.sleep(1.0)
+        return
+    from ..data.transforms import to_pil
+    from ..load import load_model
+    from .checkpoint import _remove
+
+    cascade = load_model(None if cfg.init.model == "bundled" else cfg.init.model, sr=cfg.init.sr)
+    tmp = Path(out) / ".tmp-prior"
+    if tmp.exists():
+        _remove(tmp)
+    tmp.mkdir(parents=True)
+    prompts = [pc.prompts[i % len(pc.prompts)] for i in range(pc.num_images)]
+    log.info("prior preservation: drawing %d images with the starting model", len(prompts))
+    for b in range(0, len(prompts), 8):
+        batch = prompts[b:b + 8]
+        images = cascade.generate(batch, seed=pc.seed + b // 8, progress=False).images[-1]
+        for j, (img, text) in enumerate(zip(to_pil(images), batch)):
+            img.save(tmp / f"{b + j:04d}.png")
+            (tmp / f"{b + j:04d}.txt").write_text(text + "\n", encoding="utf-8")
+    tmp.replace(folder)

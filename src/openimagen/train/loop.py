@@ -180,7 +180,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     if found is not None and not resume:
         raise ValueError(f"{out} already holds a training run (checkpoint {found.name}); pass resume=True "
                          "(--resume) to continue it, or choose a new output folder")
-    dataset = build_dataset(cfg)
+    if cfg.init is not None:
+        finetune.ensure_prior_images(cfg, out, progress)  # prior preservation: the model's own images, once
+    dataset = finetune.with_subject(cfg, build_dataset(cfg), out)
 
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
         AcceleratorState._reset_state()  # a second train() in one process may pick another precision
