@@ -93,20 +93,23 @@ def write_folder(items, folder: Path) -> None:
         (folder / f"{i:03d}.txt").write_text(text + "\n")
 
 
+EVAL_STEPS = 10  # sampling steps per stage, for every evaluation and the prior images (the model's own: 25)
+
+
 def evaluate(model: str | None, prompts: list[str], out: Path) -> dict:
     from openimagen.evaluate.run import evaluate_model
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
     t = time.perf_counter()
-    evaluate_model(model, str(out / "prompts.txt"), str(out / "eval"), progress=False)
+    evaluate_model(model, str(out / "prompts.txt"), str(out / "eval"), steps=EVAL_STEPS, progress=False)
     scores = json.loads((out / "eval" / "scores.json").read_text())
     print(f"  evaluated {model or 'bundled'} on {len(prompts)} prompts in {time.perf_counter() - t:.0f} s: "
           f"{scores['accuracy']}", flush=True)
     return {"accuracy": scores["accuracy"], "counts": scores["counts"], "unavailable": scores["unavailable"]}
 
 
-def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], lora: bool, steps: int,
+def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], lora: bool, steps: int, batch: int,
              prior_from: Path | None) -> tuple[str, float]:
     from openimagen.lora import LoraConfig
     from openimagen.train import train
@@ -114,14 +117,16 @@ def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], lora: b
     from openimagen.train.finetune import finetune_config
 
     init = InitConfig("bundled", train=(0,), lora=LoraConfig(rank=8) if lora else None,
-                      prior=PriorConfig(prompts=tuple(prior_prompts), num_images=len(prior_prompts)))
-    lr = "1e-3" if lora else "1e-4"
+                      prior=PriorConfig(prompts=tuple(prior_prompts), num_images=len(prior_prompts), steps=EVAL_STEPS))
+    lr = "1e-3" if lora else "2e-4"
     cfg = finetune_config(init, overrides=[
-        "data.kind=folder", f"data.path={data}", f"stages.0.steps={steps}", "stages.0.batch_size=16",
+        "data.kind=folder", f"data.path={data}", f"stages.0.steps={steps}", f"stages.0.batch_size={batch}",
         f"optim.lr={lr}", "optim.warmup_steps=20", "ema_decay=0.995", f"checkpoint_every={max(steps, 1)}",
         "log_every=25", 'sample_prompts=["a teal circle on a gray background"]', "sample_steps=10"])
     run = out / name
     if prior_from is not None and not (run / "prior").exists():  # the same prior images: drawn once
+        while not prior_from.is_dir():  # the other run is drawing them
+            time.sleep(5)
         shutil.copytree(prior_from, run / "prior")
     t = time.process_time()
     train(cfg, run, progress=False)
@@ -133,7 +138,11 @@ def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], lora: b
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/bench-finetune")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prior", type=int, default=16, help="prior-preservation images")
+    ap.add_argument("--test", type=int, default=15, help="held-out teal prompts")
+    ap.add_argument("--every", type=int, default=3, help="score every N-th shipped benchmark prompt")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--part", choices=("all", "before", "lora", "full"), default="all",
                     help="one part (the parts run side by side as separate processes), then --report")
@@ -153,13 +162,13 @@ def main() -> None:
     from openimagen.evaluate.benchmark import load_benchmark_prompts
     from openimagen.train import checkpoint as ckpt
 
-    n_test, steps = (4, 2) if args.smoke else (20, args.steps)
+    n_test, steps = (4, 2) if args.smoke else (args.test, args.steps)
     train_set, test_prompts = teal_sets(64, n_test)
     if not (out / "teal-data").is_dir():
         write_folder(train_set, out / "teal-data")
-    shipped = load_benchmark_prompts()[: 10 if args.smoke else None]
+    shipped = load_benchmark_prompts()[:: 10 if args.smoke else args.every]
     world = ShapesWorld(resolution=64, size=64, seed=7, holdout=STANDARD_HOLDOUT)
-    prior_prompts = [world.scene_and_caption(i)[1] for i in range(8 if args.smoke else 64)]
+    prior_prompts = [world.scene_and_caption(i)[1] for i in range(8 if args.smoke else args.prior)]
     parts = ("before", "lora", "full") if args.part == "all" else (args.part,)
 
     for name in parts:
@@ -170,14 +179,18 @@ def main() -> None:
             entry = {"teal": evaluate(None, test_prompts, out / "eval-before-teal"),
                      "shipped": evaluate(None, shipped, out / "eval-before-shipped")}
             entry["setup"] = {"train_images": len(train_set), "prior_images": len(prior_prompts), "steps": steps,
-                              "batch_size": 16, "teal_rgb": TEAL, "held_out_prompts": test_prompts,
+                              "batch_size": args.batch, "eval_steps_per_stage": EVAL_STEPS,
+                              "shipped_prompts": f"every {args.every}th of benchmark_prompts.txt ({len(shipped)})",
+                              "teal_rgb": TEAL, "held_out_prompts": test_prompts,
                               "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                                           "torch": torch.__version__, "dtype": "float32"}}
         else:
             print(f"fine-tune: {name}", flush=True)
             if (out / name).exists():
                 shutil.rmtree(out / name)
-            run, cpu = finetune(name, out, out / "teal-data", prior_prompts, name == "lora", steps, None)
+            prior_from = out / "lora" / "prior" if name == "full" else None  # drawn once, by the LoRA part
+            run, cpu = finetune(name, out, out / "teal-data", prior_prompts, name == "lora", steps, args.batch,
+                                prior_from)
             entry = {"train_cpu_s": round(cpu, 1),
                      "teal": evaluate(run, test_prompts, out / f"eval-{name}-teal"),
                      "shipped": evaluate(run, shipped, out / f"eval-{name}-shipped")}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_init_options(p: argparse.ArgumentParser) -> None:
@@ -53,8 +54,6 @@ def init_from_args(args):
                           convs=args.lora_convs)
     prior = None
     if args.prior_prompts is not None:
-        from pathlib import Path
-
         from .train.config import PriorConfig
 
         path = Path(args.prior_prompts)
@@ -62,6 +61,9 @@ def init_from_args(args):
             raise FileNotFoundError(f"--prior-prompts {path}: no such file; give a text file with one prompt a line")
         prompts = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
         prior = PriorConfig(prompts=prompts, num_images=args.prior_images)
-    return InitConfig(model=args.init, sr=args.init_sr, train=train, lora=lora,
+
+    def absolute(name):  # a local folder as an absolute path, so the run folder loads from anywhere
+        return str(Path(name).resolve()) if name not in (None, "bundled") and Path(name).exists() else name
+    return InitConfig(model=absolute(args.init), sr=absolute(args.init_sr), train=train, lora=lora,
                       gradient_checkpointing=args.gradient_checkpointing, merge=args.merge, caption=args.caption,
                       prior=prior)

@@ -178,8 +178,10 @@ class Adapter:
     made_for: dict | None = None        # the "openimagen" block of adapter_config.json, if any
 
     @property
-    def stage(self) -> int:
-        return int((self.made_for or {}).get("stage", 0))  # a diffusers IF LoRA is for stage I
+    def stage(self) -> int | None:
+        """The stage it was trained on; None for a foreign LoRA (the stage whose layers it fits is used)."""
+        made = self.made_for or {}
+        return int(made["stage"]) if "stage" in made else None
 
 
 # diffusers' first IF DreamBooth-LoRA script saved attention-processor weights under these names
@@ -226,6 +228,8 @@ def read_adapter(path) -> Adapter:
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     alphas = {}
     for k, v in raw.items():
+        if k.startswith(("text_encoder.", "text_encoder_2.")):
+            continue  # diffusers files may adapt the text encoder too; our text encoders stay frozen as loaded
         std = _standard_key(k)
         if std is not None:
             path_, part = std.rsplit(".lora_", 1)
@@ -264,6 +268,15 @@ def adapter_files(path) -> list[Path]:
 # using adapters
 
 
+def _misfits(stage, adapter: Adapter) -> tuple[list[str], list[str]]:
+    """(layers of the adapter missing from the stage's U-Net, layers whose shapes differ)."""
+    layers = _layers(stage.unet)
+    missing = [p for p in adapter.layers if p not in layers]
+    wrong = [p for p, (A, B) in adapter.layers.items() if p in layers
+             and (A.shape[1] != layers[p].weight.shape[1] or B.shape[0] != layers[p].weight.shape[0])]
+    return missing, wrong
+
+
 def apply_adapter(stage, adapter: Adapter, name: str, scale: float = 1.0) -> None:
     """Load `adapter` onto stage.unet as adapter `name`, scaled by `scale`; every adapter stays active."""
     import peft
@@ -276,10 +289,7 @@ def apply_adapter(stage, adapter: Adapter, name: str, scale: float = 1.0) -> Non
                          f"{made.get('resolution')} px, fingerprint {made.get('unet')}); this stage is "
                          f"{stage.config.unet.kind} at {stage.config.resolution} px ({stage_fingerprint(stage.config)}); "
                          "pass the model it was trained from")
-    layers = _layers(stage.unet)
-    missing = [p for p in adapter.layers if p not in layers]
-    wrong = [p for p, (A, B) in adapter.layers.items() if p in layers
-             and (A.shape[1] != layers[p].weight.shape[1] or B.shape[0] != layers[p].weight.shape[0])]
+    missing, wrong = _misfits(stage, adapter)
     if missing or wrong:
         bad = missing or wrong
         raise ValueError(f"--lora {where} does not fit this model: {len(missing)} of its {len(adapter.layers)} layers "
@@ -319,9 +329,12 @@ def apply_loras(cascade, loras) -> None:
         path, scale = parse_lora_arg(item)
         for f in adapter_files(path):
             adapter = read_adapter(f)
-            if not 0 <= adapter.stage < len(cascade.stages):
-                raise ValueError(f"--lora {f} is for stage {adapter.stage}; this model has {len(cascade.stages)} stages")
-            apply_adapter(cascade.stages[adapter.stage], adapter, f"lora{n}", scale)
+            k = adapter.stage
+            if k is None:  # a foreign LoRA (diffusers'): the first stage all of its layers fit, else stage 0's error
+                k = next((i for i, s in enumerate(cascade.stages) if _misfits(s, adapter) == ([], [])), 0)
+            if not 0 <= k < len(cascade.stages):
+                raise ValueError(f"--lora {f} is for stage {k}; this model has {len(cascade.stages)} stages")
+            apply_adapter(cascade.stages[k], adapter, f"lora{n}", scale)
             n += 1
 
 

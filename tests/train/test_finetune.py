@@ -145,3 +145,24 @@ def test_an_adapter_for_another_model_is_refused_by_generate(init_model, tmp_pat
         apply_loras(bundled, [str(tmp_path / "a")])
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         apply_loras(bundled, [str(tmp_path / "missing") + ":0.5"])
+
+
+def test_cli_fine_tuning_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
+    from openimagen.cli import main
+
+    assert main(["train", "--preset", "shapes-tiny", "--lora-rank", "4", "--out", str(tmp_path / "a")]) == 2
+    assert "give --init MODEL" in capsys.readouterr().err
+    assert main(["train", "--init", "bundled", "--preset", "shapes-tiny", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "stage 0 does not match the config" in err and len(err.splitlines()) == 1
+    assert main(["train", "--init", "bundled", "--train-stages", "0,x", "--out", str(tmp_path / "c")]) == 2
+    assert "--train-stages '0,x'" in capsys.readouterr().err
+
+
+def test_a_generate_request_carries_its_adapters_through_json():
+    from openimagen.api import GenerateRequest
+
+    r = GenerateRequest(prompt=["a teal star"], lora=["/runs/teal/adapters/stage_0:0.7"])
+    assert GenerateRequest.from_json(r.to_json()) == r and r.lora == ("/runs/teal/adapters/stage_0:0.7",)
+    with pytest.raises(ValueError, match="lora="):
+        GenerateRequest(prompt=["x"], lora="just/a/string")

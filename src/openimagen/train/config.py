@@ -129,6 +129,7 @@ class PriorConfig:
     prompts: tuple[str, ...]
     num_images: int = 64
     seed: int = 0
+    steps: int | None = None            # sampling steps per stage (None: the model's own defaults)
 
     def __post_init__(self):
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):

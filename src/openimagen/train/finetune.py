@@ -328,7 +328,7 @@ def ensure_prior_images(cfg: TrainConfig, out: Path, progress: bool = True) -> N
     log.info("prior preservation: drawing %d images with the starting model", len(prompts))
     for b in range(0, len(prompts), 8):
         batch = prompts[b:b + 8]
-        images = cascade.generate(batch, seed=pc.seed + b // 8, progress=False).images[-1]
+        images = cascade.generate(batch, steps=pc.steps, seed=pc.seed + b // 8, progress=False).images[-1]
         for j, (img, text) in enumerate(zip(to_pil(images), batch)):
             img.save(tmp / f"{b + j:04d}.png")
             (tmp / f"{b + j:04d}.txt").write_text(text + "\n", encoding="utf-8")

@@ -213,10 +213,11 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     torch.manual_seed(cfg.seed)  # identical initial weights (and adapters) in every process and every run
     stages = finetune.build_stages(cfg, acc.device)  # fresh, or a fine-tune's starting model (finetune.py)
     names = [finetune.trained_names(cfg, k, s) for k, s in enumerate(stages)]  # None: all; []: frozen
-    if cfg.init is not None and main:
-        log.info(finetune.memory_estimate(cfg, stages))
+    if cfg.init is not None and main:  # before the first step, so a run that cannot fit says so early
+        estimate = finetune.memory_estimate(cfg, stages)
+        log.info(estimate)
         if progress:
-            print(finetune.memory_estimate(cfg, stages), flush=True)
+            print(estimate, flush=True)
     emas = [None if n == [] else EMA(s.unet, cfg.ema_decay, cfg.ema_warmup, names=n)  # before accelerate wraps
             for s, n in zip(stages, names)]
     opts = [None if n == [] else torch.optim.AdamW([p for p in s.unet.parameters() if p.requires_grad],
@@ -277,7 +278,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        emas[k].update(stages[k].unet)
+        emas[k].update(acc.unwrap_model(model).unet)
         done[k] += 1
         step += 1
         window.setdefault(k, []).append(step_loss)
@@ -292,8 +293,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             _sample_grid(cfg, emas, stages, lookup, done, out / "samples" / f"step-{step:07d}.png")
     bar.close()
 
-    published = out / ("adapters" if cfg.init is not None and cfg.init.lora is not None else "model")
-    if main and not published.is_dir():  # resumed a run that had already finished
+    lora = cfg.init is not None and cfg.init.lora is not None
+    published = out / ("adapters" if lora else "model")
+    if main and not (published if lora else published / "cascade.json").exists():  # resumed a finished run
         _publish(cfg, emas, stages, lookup, out)
     acc.wait_for_everyone()
     return published
