@@ -113,16 +113,18 @@ def evaluate(model: str | None, prompts: list[str], out: Path) -> dict:
 
 
 def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], lora: bool, steps: int, batch: int,
-             prior_from: Path | None) -> tuple[str, float]:
+             prior_from: Path | None, variant: dict | None = None) -> tuple[str, float]:
     from openimagen.lora import LoraConfig
     from openimagen.train import train
     from openimagen.train.config import InitConfig, PriorConfig
     from openimagen.train.finetune import finetune_config
 
-    init = InitConfig("bundled", train=(0,), lora=LoraConfig(rank=8) if lora else None,
+    v = variant or {}
+    init = InitConfig("bundled", train=v.get("train", (0,)),
+                      lora=LoraConfig(rank=8, convs=v.get("convs", False)) if lora else None,
                       prior=PriorConfig(prompts=tuple(prior_prompts), num_images=len(prior_prompts), steps=EVAL_STEPS))
-    lr = "1e-3" if lora else "2e-4"
-    cfg = finetune_config(init, overrides=[
+    lr = v.get("lr", "1e-3" if lora else "2e-4")
+    cfg = finetune_config(init, overrides=list(v.get("overrides", [])) + [
         "data.kind=folder", f"data.path={data}", f"stages.0.steps={steps}", f"stages.0.batch_size={batch}",
         f"optim.lr={lr}", "optim.warmup_steps=20", "ema_decay=0.995", f"checkpoint_every={max(steps, 1)}",
         "log_every=25", 'sample_prompts=["a teal circle on a gray background"]', "sample_steps=10"])
@@ -147,7 +149,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=15, help="held-out teal prompts")
     ap.add_argument("--every", type=int, default=3, help="score every N-th shipped benchmark prompt")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--part", choices=("all", "before", "lora", "full"), default="all",
+    ap.add_argument("--part", choices=("all", "before", "lora", "full", "lora-both"), default="all",
                     help="one part (the parts run side by side as separate processes), then --report")
     ap.add_argument("--report", action="store_true", help="merge the parts in --out into --json and print the table")
     ap.add_argument("--smoke", action="store_true", help="a few steps and prompts: checks the script runs")
@@ -191,14 +193,20 @@ def main() -> None:
             print(f"fine-tune: {name}", flush=True)
             if (out / name).exists():
                 shutil.rmtree(out / name)
-            prior_from = out / "lora" / "prior" if name == "full" else None  # drawn once, by the LoRA part
-            run, cpu = finetune(name, out, out / "teal-data", prior_prompts, name == "lora", steps, args.batch,
-                                prior_from)
+            prior_from = out / "lora" / "prior" if name != "lora" else None  # drawn once, by the LoRA part
+            # lora-both: adapters on both stages (the frozen SR stage turns the base's teal into green and blue),
+            # on the convolutions too, a higher learning rate, 100 SR steps
+            variant = dict(train=(0, 1), convs=True, lr="2e-3", overrides=[
+                f"stages.1.steps={max(1, steps * 2 // 3)}", f"stages.1.batch_size={args.batch}",
+                "stages.1.noise_level_max=0.3"]) \
+                if name == "lora-both" else None
+            run, cpu = finetune(name, out, out / "teal-data", prior_prompts, name.startswith("lora"), steps,
+                                args.batch, prior_from, variant)
             entry = {"train_cpu_s": round(cpu, 1),
                      "teal": evaluate(run, test_prompts, out / f"eval-{name}-teal"),
                      "shipped": evaluate(run, shipped, out / f"eval-{name}-shipped")}
-            if name == "lora":
-                entry["adapter_bytes"] = (Path(run) / "adapters" / "stage_0" / "adapter_model.safetensors").stat().st_size
+            if name.startswith("lora"):
+                entry["adapter_bytes"] = sum(f.stat().st_size for f in (Path(run) / "adapters").glob("*/adapter_model.safetensors"))
             state = json.loads((ckpt.find_checkpoint(Path(run) / "checkpoints") / "state.json").read_text())
             entry["steps_done"] = state["stage_steps"]
         (out / f"part-{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
@@ -209,11 +217,11 @@ def main() -> None:
 
 def report(out: Path, json_path: Path) -> None:
     """Merge the parts into one JSON (targets checked) and print the README table."""
-    parts = {n: json.loads((out / f"part-{n}.json").read_text()) for n in ("before", "lora", "full")
+    parts = {n: json.loads((out / f"part-{n}.json").read_text()) for n in ("before", "lora", "lora-both", "full")
              if (out / f"part-{n}.json").is_file()}
     before = parts["before"]
     results = {"setup": before.pop("setup"), "bundled": before}
-    for name in ("lora", "full"):
+    for name in ("lora", "lora-both", "full"):
         if name not in parts:
             continue
         e = parts[name]
@@ -224,7 +232,7 @@ def report(out: Path, json_path: Path) -> None:
                       "cpu_600": e["train_cpu_s"] <= 600}
         results[name] = e
     json_path.write_text(json.dumps(results, indent=1) + "\n")
-    cols = [n for n in ("bundled", "lora", "full") if n in results]
+    cols = [n for n in ("bundled", "lora", "lora-both", "full") if n in results]
     rows = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     rows.append("| teal read in held-out prompts (target >= 80%) | " +
                 " | ".join(f"{results[c]['teal']['accuracy'].get('color', 0):.0%}" for c in cols) + " |")
@@ -233,9 +241,8 @@ def report(out: Path, json_path: Path) -> None:
             f"{results[c]['shipped']['accuracy'][k]:.1%}" for c in cols) + " |")
     rows.append("| training CPU s (target <= 600) | - | " + " | ".join(
         f"{results[c]['train_cpu_s']:.0f}" for c in cols[1:]) + " |")
-    if "lora" in results:
-        rows.append(f"| adapter file | - | {results['lora']['adapter_bytes'] / 1024:.0f} KiB |" +
-                    (" - |" if "full" in results else ""))
+    rows.append("| adapter files | - | " + " | ".join(
+        f"{results[c]['adapter_bytes'] / 1024:.0f} KiB" if "adapter_bytes" in results[c] else "-" for c in cols[1:]) + " |")
     print("\n".join(rows))
 
 
