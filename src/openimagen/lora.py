@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,7 +297,9 @@ def apply_adapter(stage, adapter: Adapter, name: str, scale: float = 1.0) -> Non
                          f"are not in the U-Net and {len(wrong)} have other shapes (e.g. {bad[0]!r}); it was made "
                          "for another model")
     pc = peft.LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=sorted(adapter.layers))
-    peft.inject_adapter_in_model(pc, stage.unet, adapter_name=name)
+    with warnings.catch_warnings():  # peft warns that a second adapter joins the first: several are the point
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        peft.inject_adapter_in_model(pc, stage.unet, adapter_name=name)
     params = dict(stage.unet.named_parameters())
     with torch.no_grad():
         for p, (A, B) in adapter.layers.items():

@@ -166,3 +166,49 @@ def test_a_generate_request_carries_its_adapters_through_json():
     assert GenerateRequest.from_json(r.to_json()) == r and r.lora == ("/runs/teal/adapters/stage_0:0.7",)
     with pytest.raises(ValueError, match="lora="):
         GenerateRequest(prompt=["x"], lora="just/a/string")
+
+
+def _stage_with_random_adapter(init_model, tmp_path):
+    from openimagen.lora import add_lora, adapter_state, save_adapter
+
+    stage = Cascade.from_pretrained(init_model, text_encoder=_Spec()).stages[0]
+    lc = LoraConfig(rank=2, alpha=4.0, convs=True)
+    torch.manual_seed(3)
+    paths = add_lora(stage.unet, "efficient", lc)
+    with torch.no_grad():
+        for n, p in stage.unet.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.05)
+    save_adapter(tmp_path / "ad", adapter_state(stage.unet), lc, paths, stage=0, stage_config=stage.config,
+                 base_model=str(init_model))
+    return stage, tmp_path / "ad"
+
+
+def _out(stage):
+    g = torch.Generator().manual_seed(0)
+    x, emb = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 4, 384, generator=g)
+    cond = {"text_embeds": emb, "text_mask": torch.ones(2, 4, dtype=torch.bool)}
+    with torch.no_grad():
+        return stage.call_unet(x, torch.tensor([0.3, 0.7]), cond)
+
+
+def test_adapters_scale_stack_and_merge_into_the_weights(init_model, tmp_path):
+    from openimagen.lora import apply_loras, merge_adapters
+
+    trained, folder = _stage_with_random_adapter(init_model, tmp_path)
+    want = _out(trained)
+    load = lambda: Cascade.from_pretrained(init_model, text_encoder=_Spec())
+    base = _out(load().stages[0])
+    assert (want - base).abs().max() > 1e-2  # the adapter matters
+    one = load()
+    apply_loras(one, [str(folder)])
+    assert torch.allclose(_out(one.stages[0]), want, atol=1e-5)
+    zero = load()
+    apply_loras(zero, [f"{folder}:0"])
+    assert torch.equal(_out(zero.stages[0]), base)  # scale 0 is the base model
+    halves = load()
+    apply_loras(halves, [f"{folder}:0.5", f"{folder}:0.5"])  # two active adapters, half the update each
+    assert torch.allclose(_out(halves.stages[0]), want, atol=1e-5)
+    merge_adapters(one.stages[0].unet)
+    assert not any(".lora_" in n or "base_layer" in n for n in one.stages[0].unet.state_dict())
+    assert torch.allclose(_out(one.stages[0]), want, atol=1e-5)  # merged = adapted
