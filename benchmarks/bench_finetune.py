@@ -112,6 +112,20 @@ def evaluate(model: str | None, prompts: list[str], out: Path) -> dict:
     return {"accuracy": scores["accuracy"], "counts": scores["counts"], "unavailable": scores["unavailable"]}
 
 
+def base_stage_teal(model: str | None, prompts: list[str]) -> float:
+    """The scorer's colour verdict on the base stage's own 32 px images (the SR stage not run)."""
+    import torch
+
+    from openimagen.evaluate.run import BATCH
+    from openimagen.evaluate.scorer import score_many
+    from openimagen.load import load_model
+
+    cascade = load_model(model)
+    images = torch.cat([cascade.generate(prompts[k:k + BATCH], steps=EVAL_STEPS, seed=k // BATCH, stop_at=1,
+                                         progress=False).images[0] for k in range(0, len(prompts), BATCH)])
+    return score_many(images, prompts).accuracy.get("color", 0.0)
+
+
 def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], lora: bool, steps: int, batch: int,
              prior_from: Path | None, variant: dict | None = None) -> tuple[str, float]:
     from openimagen.lora import LoraConfig
@@ -149,7 +163,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=15, help="held-out teal prompts")
     ap.add_argument("--every", type=int, default=3, help="score every N-th shipped benchmark prompt")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--part", choices=("all", "before", "lora", "full", "lora-both"), default="all",
+    ap.add_argument("--part", choices=("all", "before", "lora", "full", "lora-both", "base-teal"), default="all",
                     help="one part (the parts run side by side as separate processes), then --report")
     ap.add_argument("--report", action="store_true", help="merge the parts in --out into --json and print the table")
     ap.add_argument("--smoke", action="store_true", help="a few steps and prompts: checks the script runs")
@@ -176,6 +190,13 @@ def main() -> None:
     prior_prompts = [world.scene_and_caption(i)[1] for i in range(8 if args.smoke else args.prior)]
     parts = ("before", "lora", "full") if args.part == "all" else (args.part,)
 
+    if args.part == "base-teal":  # every finished model's base stage alone, on the held-out teal prompts
+        found = {"bundled": None, **{n: str(out / n) for n in ("lora", "lora-both", "full")
+                                     if (out / f"part-{n}.json").is_file()}}
+        entry = {n: base_stage_teal(m, test_prompts) for n, m in found.items()}
+        (out / "part-base-teal.json").write_text(json.dumps(entry, indent=1) + "\n")
+        print(entry, flush=True)
+        return
     for name in parts:
         for d in out.glob(f"eval-{name}-*"):
             shutil.rmtree(d)
@@ -231,7 +252,6 @@ def report(out: Path, json_path: Path) -> None:
                       "kept_95": all(r is None or r >= 0.95 for r in e["kept"].values()),
                       "cpu_600": e["train_cpu_s"] <= 600}
         results[name] = e
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
     cols = [n for n in ("bundled", "lora", "lora-both", "full") if n in results]
     rows = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     rows.append("| teal read in held-out prompts (target >= 80%) | " +
@@ -239,10 +259,15 @@ def report(out: Path, json_path: Path) -> None:
     for k in before["shipped"]["accuracy"]:
         rows.append(f"| shipped prompts: {k} (target >= 95% of before) | " + " | ".join(
             f"{results[c]['shipped']['accuracy'][k]:.1%}" for c in cols) + " |")
+    base = json.loads((out / "part-base-teal.json").read_text()) if (out / "part-base-teal.json").is_file() else {}
+    results["base_stage_teal"] = base
+    rows.insert(3, "| teal read at the base stage alone (32 px; the SR stage not run) | " +
+                " | ".join(f"{base[c]:.0%}" if c in base else "-" for c in cols) + " |")
     rows.append("| training CPU s (target <= 600) | - | " + " | ".join(
         f"{results[c]['train_cpu_s']:.0f}" for c in cols[1:]) + " |")
     rows.append("| adapter files | - | " + " | ".join(
         f"{results[c]['adapter_bytes'] / 1024:.0f} KiB" if "adapter_bytes" in results[c] else "-" for c in cols[1:]) + " |")
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(rows))
 
 
