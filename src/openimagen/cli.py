@@ -46,9 +46,7 @@ def cmd_generate(args) -> int:
     if args.from_png is not None:
         return _run(_from_png(args), args)
     _check_prompts(args.prompt, 'openimagen generate "a red circle above a blue square"')
-    lora = tuple(_lora_name(x) for x in args.lora or ())
-    request = api.GenerateRequest(prompt=args.prompt, height=args.height, width=args.width, lora=lora,
-                                  **_sampling(args))
+    request = api.GenerateRequest(prompt=args.prompt, height=args.height, width=args.width, **_sampling(args))
     return _run(request, args)
 
 
@@ -56,7 +54,8 @@ def _sampling(args) -> dict:
     """The request fields every command shares (generate, edit, upscale)."""
     return dict(negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images, steps=args.steps,
                 guidance=args.guidance, sampler=args.sampler, noise_level=args.noise_level,
-                model=_model_name(args.model), sr=_model_name(args.sr), precision=args.precision)
+                model=_model_name(args.model), sr=_model_name(args.sr), precision=args.precision,
+                lora=tuple(_lora_name(x) for x in args.lora or ()))
 
 
 def _check_prompts(prompts: list[str], example: str) -> None:
@@ -273,6 +272,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                         "an edit's input files must be unchanged)")
     p.add_argument("--model", default=None, help=f"a model folder, or a DeepFloyd IF hub id / folder (default: {DEFAULT_MODEL_HELP})")
     p.add_argument("--sr", default=None, help="a DeepFloyd IF stage II hub id or folder to run after --model")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (folder or .safetensors; a LoRA run folder) on the model; repeat for several")
     p.add_argument("--steps", type=_steps_arg, default=None,
                    help="sampling steps per stage, or an IF timestep list such as smart50 (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
@@ -301,8 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="*", help="one or more prompts")
     g.add_argument("--height", type=_positive_int("--height"), default=None, help="output height of the last stage")
     g.add_argument("--width", type=_positive_int("--width"), default=None, help="output width of the last stage")
-    g.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
-                   help="a LoRA adapter (folder or .safetensors; a LoRA run folder) on the model; repeat for several")
     _add_sampling_options(g)
     g.set_defaults(func=cmd_generate)
 
