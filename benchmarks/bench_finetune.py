@@ -188,7 +188,7 @@ def main() -> None:
     shipped = load_benchmark_prompts()[:: 10 if args.smoke else args.every]
     world = ShapesWorld(resolution=64, size=64, seed=7, holdout=STANDARD_HOLDOUT)
     prior_prompts = [world.scene_and_caption(i)[1] for i in range(8 if args.smoke else args.prior)]
-    parts = ("before", "lora", "full") if args.part == "all" else (args.part,)
+    parts = ("before", "lora", "lora-both", "full") if args.part == "all" else (args.part,)
 
     if args.part == "base-teal":  # every finished model's base stage alone, on the held-out teal prompts
         found = {"bundled": None, **{n: str(out / n) for n in ("lora", "lora-both", "full")
@@ -233,6 +233,9 @@ def main() -> None:
         (out / f"part-{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
         print(json.dumps(entry), flush=True)
     if args.part == "all":
+        found = {"bundled": None, **{n: str(out / n) for n in ("lora", "lora-both", "full")}}
+        (out / "part-base-teal.json").write_text(json.dumps({n: base_stage_teal(m, test_prompts)
+                                                             for n, m in found.items()}) + "\n")
         report(out, Path(args.json) if not args.smoke else out / "finetune.json")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, load_json, to_dict
+from ..config import load_json, to_dict
 from ..stage import Stage, StageConfig
 from ..text import T5EncoderConfig, text_encoder_config
 from .config import InitConfig, TrainConfig
