@@ -50,9 +50,13 @@ class GenerateRequest:
     model: str | None = None           # what `load_model` takes: None (bundled), a folder, an IF hub id
     sr: str | list[str] | None = None  # an IF stage II to run after an IF stage I `model` (then the x4 upscaler)
     precision: str = "auto"            # weights dtype: auto (the machine's fastest: precision.py) | fp32 | bf16 | fp16
+    lora: tuple[str, ...] = ()         # LoRA adapters "PATH[:scale]" on the model (lora.py)
 
     def __post_init__(self):
         normalise(self, PER_STAGE)
+        if isinstance(self.lora, str) or not all(isinstance(x, str) for x in self.lora):
+            raise ValueError(f"lora={self.lora!r} must be a list of 'PATH[:scale]' strings")
+        object.__setattr__(self, "lora", tuple(self.lora))
 
     def to_json(self) -> str:
         return json.dumps({"format": REQUEST_FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
@@ -134,7 +138,7 @@ def run(request: GenerateRequest, *, cascade=None, device: str = "cpu", offload:
         if request.model is None:
             preflight.vocabulary_warning(request.prompt)
         cascade = load_model(request.model, sr=request.sr, device="cpu" if offload else device,
-                             dtype=PRECISIONS[request.precision])
+                             dtype=PRECISIONS[request.precision], lora=request.lora)
     req = resolve(cascade, request)
     preflight.check_resolved(cascade, req, device)
     out = cascade.generate(

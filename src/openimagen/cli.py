@@ -54,7 +54,8 @@ def _sampling(args) -> dict:
     """The request fields every command shares (generate, edit, upscale)."""
     return dict(negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images, steps=args.steps,
                 guidance=args.guidance, sampler=args.sampler, noise_level=args.noise_level,
-                model=_model_name(args.model), sr=_sr_names(args.sr), precision=args.precision)
+                model=_model_name(args.model), sr=_sr_names(args.sr), precision=args.precision,
+                lora=tuple(_lora_name(x) for x in args.lora or ()))
 
 
 def _check_prompts(prompts: list[str], example: str) -> None:
@@ -101,6 +102,13 @@ def _sr_names(names: list[str] | None) -> str | list[str] | None:
         return None
     names = [_model_name(n) for n in names]
     return names[0] if len(names) == 1 else names
+
+
+def _lora_name(item: str) -> str:
+    from .lora import parse_lora_arg
+
+    path, scale = parse_lora_arg(item)
+    return f"{_model_name(path)}:{scale:g}"
 
 
 def _model_name(name: str | None) -> str | None:
@@ -207,8 +215,14 @@ examples:
 
 def cmd_train(args) -> int:
     from .train import load_train_config, train
+    from .train.finetune import finetune_config
+    from .finetune_cli import init_from_args
 
-    cfg = load_train_config(args.preset, args.config, args.set or [])
+    init = init_from_args(args)
+    if init is not None:
+        cfg = finetune_config(init, args.preset, args.config, args.set or [])
+    else:
+        cfg = load_train_config(args.preset, args.config, args.set or [])
     model_dir = train(cfg, args.out, resume=args.resume, max_steps=args.max_steps,
                       data_path=args.data, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process of a multi-process run
@@ -271,6 +285,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sr", action="append", default=None,
                    help="a DeepFloyd IF stage II hub id or folder to run after --model; give it again for stage III, "
                         "the SD x4 upscaler (stabilityai/stable-diffusion-x4-upscaler): 64, 256, 1024 px")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA adapter (folder or .safetensors; a LoRA run folder) on the model; repeat for several")
     p.add_argument("--steps", type=_steps_arg, default=None,
                    help="sampling steps per stage, or an IF timestep list such as smart50 (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
@@ -342,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(t, "run folder: checkpoints, samples, logs and the final model")
     t.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None, help="stop after this many steps per stage")
     t.add_argument("--resume", action="store_true", help="continue exactly where the run in --out stopped")
+    from .finetune_cli import add_init_options
+
+    add_init_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("embed", help="encode every caption of the training data once (before `train`)")

@@ -62,9 +62,13 @@ class EditRequest:
     model: str | None = None
     sr: str | list[str] | None = None
     precision: str = "auto"
+    lora: tuple[str, ...] = ()         # LoRA adapters "PATH[:scale]" on the model (lora.py)
 
     def __post_init__(self):
         normalise(self, EDIT_PER_STAGE)
+        if isinstance(self.lora, str) or not all(isinstance(x, str) for x in self.lora):
+            raise ValueError(f"lora={self.lora!r} must be a list of 'PATH[:scale]' strings")
+        object.__setattr__(self, "lora", tuple(self.lora))
         if self.mode not in MODES:
             raise ValueError(f"unknown edit mode {self.mode!r}; choose one of {list(MODES)}")
         for name, modes in _ONLY.items():
@@ -230,7 +234,7 @@ def run_edit(request: EditRequest, *, cascade=None, device: str = "cpu", offload
         if req.model is None:
             preflight.vocabulary_warning(req.prompt)
         cascade = load_model(req.model, sr=req.sr, device="cpu" if offload else device,
-                             dtype=PRECISIONS[req.precision])
+                             dtype=PRECISIONS[req.precision], lora=req.lora)
     req = resolve_edit(cascade, req)
     preflight.check_resolved(cascade, req, device)
     kw = dict(steps=req.steps, guidance=req.guidance, sampler=req.sampler, noise_level=req.noise_level,

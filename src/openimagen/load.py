@@ -27,8 +27,19 @@ def is_deepfloyd(name_or_path: str) -> bool:
     return p.is_dir() and ((p / "model_index.json").is_file() or (p / "unet").is_dir())
 
 
-def load_model(model: str | None, *, sr: str | list[str] | None = None, device: str = "cpu", dtype: torch.dtype | None = None):
-    """Return an object with `.generate(prompts, ...)`: an openimagen Cascade or a DeepFloyd IF cascade."""
+def load_model(model: str | None, *, sr: str | list[str] | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
+               lora=()):
+    """Return an object with `.generate(prompts, ...)`: an openimagen Cascade or a DeepFloyd IF cascade.
+    lora: "PATH[:scale]" adapters to put on it (lora.py), each on the stage it was made for."""
+    cascade = _load(model, sr=sr, device=device, dtype=dtype)
+    if lora:
+        from .lora import apply_loras
+
+        apply_loras(cascade, lora)
+    return cascade
+
+
+def _load(model: str | None, *, sr: str | list[str] | None, device, dtype):
     if model is None:
         if sr is not None:
             raise ValueError("--sr needs --model (a DeepFloyd IF stage I model)")
@@ -38,6 +49,8 @@ def load_model(model: str | None, *, sr: str | list[str] | None = None, device: 
         return _our_cascade(path, sr, device, dtype)
     if path.is_dir() and (path / "model" / "cascade.json").is_file():  # a training run folder
         return _our_cascade(path / "model", sr, device, dtype)
+    if path.is_dir() and (path / "adapters").is_dir() and (path / "train_config.json").is_file():
+        return _lora_run(path, sr, device, dtype)  # a LoRA fine-tune: its starting model + its adapters
     if is_deepfloyd(model):
         from .checkpoints.deepfloyd_if import load_if_cascade
         from .checkpoints.sd_upscaler import load_upscaler_stage, names_upscaler
@@ -66,3 +79,19 @@ def _our_cascade(path: Path, sr, device, dtype) -> Cascade:
     if sr is not None:
         raise ValueError("--sr is for DeepFloyd IF stage II models; an openimagen cascade already holds its SR stages")
     return Cascade.from_pretrained(path, device=device, dtype=dtype)
+
+
+def _lora_run(path: Path, sr, device, dtype):
+    """The model a LoRA run started from (train_config.json's init), with the run's adapters on it."""
+    from .config import load_json
+    from .lora import apply_loras
+
+    if sr is not None:
+        raise ValueError(f"--sr: {path} is a fine-tuning run; its train_config.json already names the model")
+    init = load_json(path / "train_config.json").get("init") or {}
+    model = init.get("model")
+    if not model:
+        raise ModelFolderError(f"{path} has adapters/ but its train_config.json names no init model")
+    cascade = load_model(None if model == "bundled" else model, sr=init.get("sr"), device=device, dtype=dtype)
+    apply_loras(cascade, [str(path / "adapters")])
+    return cascade

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..config import ConfigError, rename_legacy
+from ..lora import LoraConfig
 from ..stage import StageConfig
 from ..text import MiniLMEncoderConfig, SpelledEncoderConfig, T5EncoderConfig
 
@@ -125,6 +126,43 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class PriorConfig:
+    """Prior preservation (DreamBooth, Ruiz et al. 2023): images the starting model draws for these prompts
+    (cycled), generated once into out_dir/prior/ and mixed into the training data, so the model keeps them."""
+    prompts: tuple[str, ...]
+    num_images: int = 64
+    seed: int = 0
+    steps: int | None = None            # sampling steps per stage (None: the model's own defaults)
+
+    def __post_init__(self):
+        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise ConfigError(f"init.prior.prompts={self.prompts!r} must be non-empty prompts (the class to preserve)")
+        _positive_int(self.num_images, "init.prior.num_images")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Fine-tuning: start from a trained model instead of random weights (train/finetune.py)."""
+    model: str                          # what `generate --model` takes: "bundled", a folder, a run, an IF folder / hub id
+    sr: str | None = None               # an IF stage II after an IF stage I `model`
+    train: tuple[int, ...] | None = None  # the stages that train (the others stay frozen, never run); None: all
+    lora: LoraConfig | None = None      # train LoRA adapters only (None: every weight of the trained stages)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (IF U-Nets)
+    merge: bool = False                 # LoRA: also publish out_dir/model with the adapters merged in
+    caption: str | None = None          # every training image gets this caption ("a photo of sks dog")
+    prior: PriorConfig | None = None    # prior preservation: the starting model's own images, mixed in
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"init.model={self.model!r} must name a model (\"bundled\", a folder or an IF hub id)")
+        if self.train is not None and (not self.train or any(isinstance(k, bool) or not isinstance(k, int) or k < 0
+                                                             for k in self.train)):
+            raise ConfigError(f"init.train={self.train!r} must be a non-empty list of stage indices (0 = the base)")
+        if self.merge and self.lora is None:
+            raise ConfigError("init.merge merges LoRA adapters; it needs init.lora")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     stages: tuple[StageTrainConfig, ...]
     text_encoder: MiniLMEncoderConfig | T5EncoderConfig | SpelledEncoderConfig = field(default_factory=MiniLMEncoderConfig)
@@ -144,6 +182,7 @@ class TrainConfig:
     sample_every: int = 0               # 0: a sample grid only at the end
     sample_prompts: tuple[str, ...] = ("a red circle on a gray background", "a blue square above a yellow star")
     sample_steps: int = 25              # sampler steps per stage for the grids
+    init: InitConfig | None = None      # fine-tune a trained model (train/finetune.py); None: random weights
 
     def __post_init__(self):
         if not self.stages:
@@ -175,6 +214,15 @@ class TrainConfig:
             _positive_int(getattr(self, name), name)
         if self.sample_every < 0:
             raise ConfigError(f"sample_every={self.sample_every} must be >= 0 (0: only at the end)")
+        if self.init is not None and self.init.train is not None:
+            bad = [k for k in self.init.train if k >= len(self.stages)]
+            if bad:
+                raise ConfigError(f"init.train names stage(s) {bad}, but the model has {len(self.stages)} "
+                                  f"(0..{len(self.stages) - 1})")
+
+    def trains(self, k: int) -> bool:
+        """Whether stage k trains in this run (a fine-tune may freeze some: they never run)."""
+        return self.init is None or self.init.train is None or k in self.init.train
 
     @property
     def resolutions(self) -> tuple[int, ...]:

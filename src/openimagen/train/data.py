@@ -19,9 +19,9 @@ def next_stage(cfg: TrainConfig, done: list[int]) -> int | None:
     """The stage trained next, a pure function of the per-stage step counters (None: finished).
 
     sequential: the first unfinished stage. interleaved: the unfinished stage with the fewest steps
-    done (round robin while all run; the longer ones continue alone).
+    done (round robin while all run; the longer ones continue alone). Frozen stages never come up.
     """
-    todo = [k for k, s in enumerate(cfg.stages) if done[k] < s.steps]
+    todo = [k for k, s in enumerate(cfg.stages) if done[k] < s.steps and cfg.trains(k)]
     if not todo:
         return None
     return todo[0] if cfg.order == "sequential" else min(todo, key=lambda k: (done[k], k))

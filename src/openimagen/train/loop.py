@@ -44,6 +44,7 @@ from ..compiling import check_can_compile
 from ..precision import training_mixed_precision
 from ..stage import Stage
 from . import checkpoint as ckpt
+from . import finetune
 from .config import TrainConfig, validate_unets, with_data_path, with_max_steps
 from .data import EmbeddingLookup, build_dataset, collect_captions, data_batches, next_stage
 from .ema import EMA
@@ -159,7 +160,8 @@ def _crop_pair(hi: Tensor, low: Tensor, crop: int, g: torch.Generator) -> tuple[
 
 def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | None = None,
           data_path: str | None = None, progress: bool = True) -> Path:
-    """Train every stage of `cfg`; returns `out_dir/model` (the EMA cascade, for `Cascade.from_pretrained`).
+    """Train every stage of `cfg`; returns `out_dir/model` (the EMA cascade, for `Cascade.from_pretrained`),
+    or for a LoRA fine-tune `out_dir/adapters` (stage_K/ adapter folders, for `generate --lora`).
 
     resume: continue from the newest complete checkpoint in out_dir (from step 0 if the run was killed before
         its first checkpoint); a folder that holds no run is refused, naming the folders nearby that do.
@@ -189,7 +191,9 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
     if resume and found is None and not holds_run(out):
         raise ValueError(f"nothing to resume in {out}: it holds no training run (no train_config.json, "
                          f"checkpoints/ or embeddings/); {runs_near(out)}, or drop --resume to start a new run there")
-    dataset = build_dataset(cfg)
+    if cfg.init is not None:
+        finetune.ensure_prior_images(cfg, out, progress)  # prior preservation: the model's own images, once
+    dataset = finetune.with_subject(cfg, build_dataset(cfg), out)
 
     if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
         AcceleratorState._reset_state()  # a second train() in one process may pick another precision
@@ -221,17 +225,26 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
                                    out / "embeddings", acc, progress and main)
 
     # -- models, optimisers, EMA, and the state of a resumed run --------------------------------
-    torch.manual_seed(cfg.seed)  # identical initial weights in every process and every run
-    stages = [Stage(st.stage).to(acc.device) for st in cfg.stages]
-    emas = [EMA(s.unet, cfg.ema_decay, cfg.ema_warmup) for s in stages]  # copied before accelerate wraps
+    torch.manual_seed(cfg.seed)  # identical initial weights (and adapters) in every process and every run
+    stages = finetune.build_stages(cfg, acc.device)  # fresh, or a fine-tune's starting model (finetune.py)
+    names = [finetune.trained_names(cfg, k, s) for k, s in enumerate(stages)]  # None: all; []: frozen
+    if cfg.init is not None and main:  # before the first step, so a run that cannot fit says so early
+        estimate = finetune.memory_estimate(cfg, stages)
+        log.info(estimate)
+        if progress:
+            print(estimate, flush=True)
+    emas = [None if n == [] else EMA(s.unet, cfg.ema_decay, cfg.ema_warmup, names=n)  # before accelerate wraps
+            for s, n in zip(stages, names)]
+    opts = [None if n == [] else torch.optim.AdamW([p for p in s.unet.parameters() if p.requires_grad],
+                                                   lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                                   weight_decay=cfg.optim.weight_decay)
+            for s, n in zip(stages, names)]
     if cfg.compile:  # in place (Module.compile): state-dict keys, checkpoints and the EMA copies stay as they are
         for s in stages:
             s.unet.compile(dynamic=False)
-    opts = [torch.optim.AdamW(s.unet.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                              eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay) for s in stages]
     done, step, position, scaler_state = [0] * len(stages), 0, [0, 0], None
     if found is not None:
-        state, saved = _load_matching(found, cfg, stages, opts, emas)
+        state, saved = _load_matching(found, cfg, stages, opts, emas, names)
         step, done = state["step"], list(state["stage_steps"])
         positions = state["data_positions"]
         position = positions[rank] if rank < len(positions) else positions[0]
@@ -241,7 +254,8 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         log.info("resuming from %s (step %d)", found, step)
     if main:
         _truncate_log(out / "log.jsonl", step)
-    models, opts = _prepare(acc, [_StageLoss(cfg, k, s, lookup) for k, s in enumerate(stages)], opts)
+    models, opts = _prepare(acc, [_StageLoss(cfg, k, s, lookup) if o is not None else None
+                                  for k, (s, o) in enumerate(zip(stages, opts))], opts)
     if scaler_state is not None and acc.scaler is not None:
         acc.scaler.load_state_dict(scaler_state)
 
@@ -249,13 +263,12 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
         positions = acc.gather(torch.tensor([position], device=acc.device)).view(-1, 2).tolist()
         if main:
             state = {"step": step, "stage_steps": done, "data_positions": positions,
-                     "ema_updates": [e.num_updates for e in emas], "config": to_dict(cfg),
+                     "ema_updates": [e.num_updates if e is not None else 0 for e in emas], "config": to_dict(cfg),
                      "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
-            per_stage = [{"model": acc.unwrap_model(m).unet.state_dict(), "ema": e.state_dict(),
-                          "optim": o.state_dict()} for m, e, o in zip(models, emas, opts)]
+            per_stage = [finetune.stage_state(n, s.unet, e, o) for n, s, e, o in zip(names, stages, emas, opts)]
             ckpt.save_checkpoint(root, step, state, per_stage, cfg.keep_checkpoints)
             faults.point("train.published")
-            ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
+            _publish(cfg, emas, stages, lookup, out)
         acc.wait_for_everyone()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -303,16 +316,18 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             save()
         if main and ((cfg.sample_every and step % cfg.sample_every == 0) or finished):
             grid = out / "samples" / f"step-{step:07d}.png"
-            writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, mixed, grid))
+            writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, stages, lookup, done, mixed, grid))
     bar.close()
 
-    if main and not (out / "model" / "cascade.json").is_file():  # resumed a run that had already finished
-        ckpt.publish_model(_ema_cascade(cfg, emas, lookup), out)
+    lora = cfg.init is not None and cfg.init.lora is not None
+    published = out / ("adapters" if lora else "model")
+    if main and not (published if lora else published / "cascade.json").exists():  # resumed a finished run
+        _publish(cfg, emas, stages, lookup, out)
     grid = out / "samples" / f"step-{step:07d}.png"
     if main and not grid.is_file():  # a kill landed in the final grid's write: the checkpoint was already done
-        writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, lookup, done, mixed, grid))
+        writing(out / "samples", grid.name, lambda: _sample_grid(cfg, emas, stages, lookup, done, mixed, grid))
     acc.wait_for_everyone()
-    return out / "model"
+    return published
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,7 +342,7 @@ class _null:
         return False
 
 
-def _load_matching(found: Path, cfg: TrainConfig, stages: list[Stage], opts: list, emas: list[EMA]):
+def _load_matching(found: Path, cfg: TrainConfig, stages: list[Stage], opts: list, emas: list, names: list):
     """Load a checkpoint into the freshly built stages, or say in one line why it does not fit."""
     fix = f"resume with the config it was written with ({found.parent.parent / 'train_config.json'})"
     n_saved = len(ckpt._readable(found).get("stage_steps", []))
@@ -336,9 +351,7 @@ def _load_matching(found: Path, cfg: TrainConfig, stages: list[Stage], opts: lis
     state, saved = ckpt.load_checkpoint(found, len(stages))
     for k, (s, o, e, sv, n) in enumerate(zip(stages, opts, emas, saved, state["ema_updates"])):
         try:
-            s.unet.load_state_dict(sv["model"])
-            o.load_state_dict(sv["optim"])
-            e.load_state_dict(sv["ema"], n)
+            finetune.load_stage_state(names[k], s.unet, e, o, sv, n)
         except (RuntimeError, ValueError, KeyError) as err:
             why = str(err).strip().splitlines()[0][:300]
             raise ValueError(f"checkpoint {found} does not fit stage {k} of this config ({why}); {fix}") from None
@@ -346,15 +359,29 @@ def _load_matching(found: Path, cfg: TrainConfig, stages: list[Stage], opts: lis
 
 
 def _prepare(acc, unets: list, opts: list) -> tuple[list, list]:
-    prepared = acc.prepare(*unets, *opts)
+    """accelerate.prepare on the stages that train (frozen ones are None and stay None)."""
+    idx = [k for k, u in enumerate(unets) if u is not None]
+    prepared = acc.prepare(*[unets[k] for k in idx], *[opts[k] for k in idx])
     if not isinstance(prepared, (list, tuple)):
         prepared = [prepared]
-    n = len(unets)
-    return list(prepared[:n]), list(prepared[n:])
+    models, optims = [None] * len(unets), [None] * len(unets)
+    for j, k in enumerate(idx):
+        models[k], optims[k] = prepared[j], prepared[len(idx) + j]
+    return models, optims
 
 
-def _ema_cascade(cfg: TrainConfig, emas: list[EMA], lookup) -> Cascade:
-    return Cascade(lookup, [Stage(st.stage, e.model) for st, e in zip(cfg.stages, emas)])
+def _ema_cascade(cfg: TrainConfig, emas: list, stages: list[Stage], lookup) -> Cascade:
+    return Cascade(lookup, [Stage(st.stage, finetune.ema_unet(e, s)) for st, e, s in zip(cfg.stages, emas, stages)])
+
+
+def _publish(cfg: TrainConfig, emas: list, stages: list[Stage], lookup, out: Path) -> None:
+    """out/model (the EMA cascade) or, for a LoRA fine-tune, out/adapters/stage_K (+ out/model merged on request)."""
+    if cfg.init is None or cfg.init.lora is None:
+        ckpt.publish_model(_ema_cascade(cfg, emas, stages, lookup), out)
+        return
+    finetune.publish_adapters(cfg, emas, stages, out)
+    if cfg.init.merge:
+        ckpt.publish_model(finetune.merged_cascade(_ema_cascade(cfg, emas, stages, lookup)), out)
 
 
 def _log_window(cfg, acc, path: Path, window: dict, step: int, done: list[int], elapsed: float, bar) -> None:
@@ -389,17 +416,18 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 @torch.no_grad()
-def _sample_grid(cfg: TrainConfig, emas: list[EMA], lookup, done: list[int], mixed: str, path: Path) -> None:
+def _sample_grid(cfg: TrainConfig, emas: list, stages: list[Stage], lookup, done: list[int], mixed: str,
+                 path: Path) -> None:
     """A PNG: one row per sample prompt, one column per stage trained so far (upscaled to the last size)."""
     from PIL import Image
 
     from ..data.transforms import to_pil
 
     n = 1
-    while n < len(done) and done[n] > 0:  # later stages that have not trained yet would only draw noise
+    while n < len(done) and (done[n] > 0 or cfg.init is not None):  # untrained fresh stages would draw noise
         n += 1
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
-    result = _ema_cascade(cfg, emas, lookup).generate(list(cfg.sample_prompts), steps=cfg.sample_steps,
+    result = _ema_cascade(cfg, emas, stages, lookup).generate(list(cfg.sample_prompts), steps=cfg.sample_steps,
                                                       seed=cfg.seed, stop_at=n, progress=False,
                                                       autocast_dtype=dtype)
     R = result.images[-1].shape[-1]

@@ -28,8 +28,11 @@ from .presets import TRAIN_PRESETS
 
 
 def load_train_config(preset: str | None, config_file: str | os.PathLike | None = None,
-                      overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The CLI's entry point: see the module docstring. Every error is a one-line ConfigError."""
+                      overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> TrainConfig:
+    """The CLI's entry point: see the module docstring. Every error is a one-line ConfigError.
+    base: a config as a dict to start from instead of a preset (a fine-tune's, train/finetune.py)."""
+    if base is not None:
+        return _build(base, overrides)
     file_data: dict = {}
     if config_file is not None:
         file_data = read_config_file(config_file)
@@ -44,6 +47,10 @@ def load_train_config(preset: str | None, config_file: str | os.PathLike | None 
         data = _merge(data, file_data, "")
     else:
         data = file_data
+    return _build(data, overrides)
+
+
+def _build(data: dict, overrides) -> TrainConfig:
     for item in overrides:
         path, value = _parse_override(item)
         _set_path(data, TrainConfig, path, value)

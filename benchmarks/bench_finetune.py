@@ -1,0 +1,278 @@
+"""Teach the bundled model a colour it never saw ("teal"), by LoRA and by a full fine-tune of its base.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_finetune.py --out runs/bench-finetune \
+        > runs/bench-finetune.log 2>&1        # results/finetune.json + the README table
+    (or the three parts side by side: --part before | lora | full, each its own process, then --report)
+
+For this benchmark only, "teal" joins the shapes world's renderer, caption parser and scorer palette
+(`add_teal`; the shipped vocabularies are untouched). Both runs start from the bundled model, train only
+its base stage (the SR stage stays frozen) on 64 rendered teal scenes plus 16 prior-preservation images
+the bundled model draws for ordinary prompts (`train --prior-prompts`), 150 steps of batch 8, and are
+measured on:
+  concept     15 held-out teal prompts (captions not in the training set): the scorer's "color" verdict
+              (a teal object exists; both colours for two-object prompts); target >= 80%
+  forgetting  every 3rd shipped benchmark prompt (34 of 100: every kind), per attribute, before and
+              after; target: every attribute keeps >= 95% of its accuracy before
+  cost        CPU seconds of each training run (time.process_time, one thread); target <= 600 s
+Every image (evaluations and prior images) is sampled with 10 steps per stage instead of the model's 25,
+before and after alike: the benchmark was sized to finish on a 2-core machine shared by six workers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+TEAL = (0, 140, 150)  # >= 100 from every shipped colour and background in RGB (the scorer's margin is 80)
+
+
+def add_teal() -> None:
+    """Put "teal" into the renderer, the caption parser and the scorer's palette of this process."""
+    import numpy as np
+
+    from openimagen.data import shapes, shapes_captions
+    from openimagen.evaluate import segment
+
+    if "teal" in shapes.COLORS:
+        return
+    shapes.COLORS["teal"] = TEAL
+    shapes_captions.COLOR_NAMES = shapes_captions.COLOR_NAMES + ("teal",)
+    segment._PALETTE_NAMES = segment._PALETTE_NAMES + ("teal",)
+    segment._PALETTE = np.concatenate([segment._PALETTE, np.array([TEAL], dtype=np.float32)])
+
+
+def teal_scene(rng: random.Random, kind: str):
+    """An ordinary shapes-world scene of `kind` with one of its objects turned teal."""
+    import dataclasses
+
+    from openimagen.data.shapes import sample_scene
+
+    scene = sample_scene(rng, kind)
+    objs = list(scene.objects)
+    if kind == "relation":
+        i = rng.randrange(2)
+        objs[i] = dataclasses.replace(objs[i], color="teal")
+    else:
+        objs = [dataclasses.replace(o, color="teal") for o in objs]
+    return dataclasses.replace(scene, objects=tuple(objs))
+
+
+def teal_sets(n_train: int, n_test: int):
+    from openimagen.data.shapes import caption
+
+    kinds = ["single"] * 7 + ["relation"] * 5 + ["count"] * 4
+    rng = random.Random("bench-finetune:teal")
+    train, seen = [], set()
+    while len(train) < n_train:
+        scene = teal_scene(rng, kinds[len(train) % len(kinds)])
+        text = caption(scene, rng)
+        if text not in seen:
+            seen.add(text)
+            train.append((scene, text))
+    test = []
+    while len(test) < n_test:
+        scene = teal_scene(rng, kinds[len(test) % len(kinds)])
+        text = caption(scene, rng)
+        if text not in seen:
+            seen.add(text)
+            test.append(text)
+    return train, test
+
+
+def write_folder(items, folder: Path) -> None:
+    from openimagen.data.shapes import render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (scene, text) in enumerate(items):
+        render(scene, 64).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(text + "\n")
+
+
+EVAL_STEPS = 10  # sampling steps per stage, for every evaluation and the prior images (the model's own: 25)
+
+
+def evaluate(model: str | None, prompts: list[str], out: Path) -> dict:
+    from openimagen.evaluate.run import evaluate_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    t = time.perf_counter()
+    evaluate_model(model, str(out / "prompts.txt"), str(out / "eval"), steps=EVAL_STEPS, progress=False)
+    scores = json.loads((out / "eval" / "scores.json").read_text())
+    print(f"  evaluated {model or 'bundled'} on {len(prompts)} prompts in {time.perf_counter() - t:.0f} s: "
+          f"{scores['accuracy']}", flush=True)
+    return {"accuracy": scores["accuracy"], "counts": scores["counts"], "unavailable": scores["unavailable"]}
+
+
+def base_stage_teal(model: str | None, prompts: list[str]) -> float:
+    """The scorer's colour verdict on the base stage's own 32 px images (the SR stage not run)."""
+    import torch
+
+    from openimagen.evaluate.run import BATCH
+    from openimagen.evaluate.scorer import score_many
+    from openimagen.load import load_model
+
+    cascade = load_model(model)
+    images = torch.cat([cascade.generate(prompts[k:k + BATCH], steps=EVAL_STEPS, seed=k // BATCH, stop_at=1,
+                                         progress=False).images[0] for k in range(0, len(prompts), BATCH)])
+    return score_many(images, prompts).accuracy.get("color", 0.0)
+
+
+def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], lora: bool, steps: int, batch: int,
+             prior_from: Path | None, variant: dict | None = None) -> tuple[str, float]:
+    from openimagen.lora import LoraConfig
+    from openimagen.train import train
+    from openimagen.train.config import InitConfig, PriorConfig
+    from openimagen.train.finetune import finetune_config
+
+    v = variant or {}
+    init = InitConfig("bundled", train=v.get("train", (0,)),
+                      lora=LoraConfig(rank=8, convs=v.get("convs", False)) if lora else None,
+                      prior=PriorConfig(prompts=tuple(prior_prompts), num_images=len(prior_prompts), steps=EVAL_STEPS))
+    lr = v.get("lr", "1e-3" if lora else "2e-4")
+    cfg = finetune_config(init, overrides=list(v.get("overrides", [])) + [
+        "data.kind=folder", f"data.path={data}", f"stages.0.steps={steps}", f"stages.0.batch_size={batch}",
+        f"optim.lr={lr}", "optim.warmup_steps=20", "ema_decay=0.995", f"checkpoint_every={max(steps, 1)}",
+        "log_every=25", 'sample_prompts=["a teal circle on a gray background"]', "sample_steps=10"])
+    run = out / name
+    if prior_from is not None and not (run / "prior").exists():  # the same prior images: drawn once
+        while not prior_from.is_dir():  # the other run is drawing them
+            time.sleep(5)
+        shutil.copytree(prior_from, run / "prior")
+    t = time.process_time()
+    train(cfg, run, progress=False)
+    cpu = time.process_time() - t
+    print(f"  {name}: {steps} steps in {cpu:.0f} CPU s", flush=True)
+    return str(run), cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="runs/bench-finetune")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--prior", type=int, default=16, help="prior-preservation images")
+    ap.add_argument("--test", type=int, default=15, help="held-out teal prompts")
+    ap.add_argument("--every", type=int, default=3, help="score every N-th shipped benchmark prompt")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--part", choices=("all", "before", "lora", "full", "lora-both", "base-teal"), default="all",
+                    help="one part (the parts run side by side as separate processes), then --report")
+    ap.add_argument("--report", action="store_true", help="merge the parts in --out into --json and print the table")
+    ap.add_argument("--smoke", action="store_true", help="a few steps and prompts: checks the script runs")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "finetune.json"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.report:
+        return report(out, Path(args.json))
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    add_teal()
+    from openimagen.data.shapes import STANDARD_HOLDOUT, ShapesWorld
+    from openimagen.evaluate.benchmark import load_benchmark_prompts
+    from openimagen.train import checkpoint as ckpt
+
+    n_test, steps = (4, 2) if args.smoke else (args.test, args.steps)
+    train_set, test_prompts = teal_sets(64, n_test)
+    if not (out / "teal-data").is_dir():
+        write_folder(train_set, out / "teal-data")
+    shipped = load_benchmark_prompts()[:: 10 if args.smoke else args.every]
+    world = ShapesWorld(resolution=64, size=64, seed=7, holdout=STANDARD_HOLDOUT)
+    prior_prompts = [world.scene_and_caption(i)[1] for i in range(8 if args.smoke else args.prior)]
+    parts = ("before", "lora", "lora-both", "full") if args.part == "all" else (args.part,)
+
+    if args.part == "base-teal":  # every finished model's base stage alone, on the held-out teal prompts
+        found = {"bundled": None, **{n: str(out / n) for n in ("lora", "lora-both", "full")
+                                     if (out / f"part-{n}.json").is_file()}}
+        entry = {n: base_stage_teal(m, test_prompts) for n, m in found.items()}
+        (out / "part-base-teal.json").write_text(json.dumps(entry, indent=1) + "\n")
+        print(entry, flush=True)
+        return
+    for name in parts:
+        for d in out.glob(f"eval-{name}-*"):
+            shutil.rmtree(d)
+        if name == "before":
+            print("before (the bundled model):", flush=True)
+            entry = {"teal": evaluate(None, test_prompts, out / "eval-before-teal"),
+                     "shipped": evaluate(None, shipped, out / "eval-before-shipped")}
+            entry["setup"] = {"train_images": len(train_set), "prior_images": len(prior_prompts), "steps": steps,
+                              "batch_size": args.batch, "eval_steps_per_stage": EVAL_STEPS,
+                              "shipped_prompts": f"every {args.every}th of benchmark_prompts.txt ({len(shipped)})",
+                              "teal_rgb": TEAL, "held_out_prompts": test_prompts,
+                              "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                                          "torch": torch.__version__, "dtype": "float32"}}
+        else:
+            print(f"fine-tune: {name}", flush=True)
+            if (out / name).exists():
+                shutil.rmtree(out / name)
+            prior_from = out / "lora" / "prior" if name != "lora" else None  # drawn once, by the LoRA part
+            # lora-both: adapters on both stages (the frozen SR stage turns the base's teal into green and blue),
+            # on the convolutions too, a higher learning rate, 100 SR steps
+            variant = dict(train=(0, 1), convs=True, lr="2e-3", overrides=[
+                f"stages.1.steps={max(1, steps * 2 // 3)}", f"stages.1.batch_size={args.batch}",
+                "stages.1.noise_level_max=0.3"]) \
+                if name == "lora-both" else None
+            run, cpu = finetune(name, out, out / "teal-data", prior_prompts, name.startswith("lora"), steps,
+                                args.batch, prior_from, variant)
+            entry = {"train_cpu_s": round(cpu, 1),
+                     "teal": evaluate(run, test_prompts, out / f"eval-{name}-teal"),
+                     "shipped": evaluate(run, shipped, out / f"eval-{name}-shipped")}
+            if name.startswith("lora"):
+                entry["adapter_bytes"] = sum(f.stat().st_size for f in (Path(run) / "adapters").glob("*/adapter_model.safetensors"))
+            state = json.loads((ckpt.find_checkpoint(Path(run) / "checkpoints") / "state.json").read_text())
+            entry["steps_done"] = state["stage_steps"]
+        (out / f"part-{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
+        print(json.dumps(entry), flush=True)
+    if args.part == "all":
+        found = {"bundled": None, **{n: str(out / n) for n in ("lora", "lora-both", "full")}}
+        (out / "part-base-teal.json").write_text(json.dumps({n: base_stage_teal(m, test_prompts)
+                                                             for n, m in found.items()}) + "\n")
+        report(out, Path(args.json) if not args.smoke else out / "finetune.json")
+
+
+def report(out: Path, json_path: Path) -> None:
+    """Merge the parts into one JSON (targets checked) and print the README table."""
+    parts = {n: json.loads((out / f"part-{n}.json").read_text()) for n in ("before", "lora", "lora-both", "full")
+             if (out / f"part-{n}.json").is_file()}
+    before = parts["before"]
+    results = {"setup": before.pop("setup"), "bundled": before}
+    for name in ("lora", "lora-both", "full"):
+        if name not in parts:
+            continue
+        e = parts[name]
+        e["kept"] = {k: (e["shipped"]["accuracy"][k] / v if v else None) for k, v in before["shipped"]["accuracy"].items()}
+        e["concept"] = e["teal"]["accuracy"].get("color")
+        e["meets"] = {"concept_80": (e["concept"] or 0) >= 0.8,
+                      "kept_95": all(r is None or r >= 0.95 for r in e["kept"].values()),
+                      "cpu_600": e["train_cpu_s"] <= 600}
+        results[name] = e
+    cols = [n for n in ("bundled", "lora", "lora-both", "full") if n in results]
+    rows = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    rows.append("| teal read in held-out prompts (target >= 80%) | " +
+                " | ".join(f"{results[c]['teal']['accuracy'].get('color', 0):.0%}" for c in cols) + " |")
+    for k in before["shipped"]["accuracy"]:
+        rows.append(f"| shipped prompts: {k} (target >= 95% of before) | " + " | ".join(
+            f"{results[c]['shipped']['accuracy'][k]:.1%}" for c in cols) + " |")
+    base = json.loads((out / "part-base-teal.json").read_text()) if (out / "part-base-teal.json").is_file() else {}
+    results["base_stage_teal"] = base
+    rows.insert(3, "| teal read at the base stage alone (32 px; the SR stage not run) | " +
+                " | ".join(f"{base[c]:.0%}" if c in base else "-" for c in cols) + " |")
+    rows.append("| training CPU s (target <= 600) | - | " + " | ".join(
+        f"{results[c]['train_cpu_s']:.0f}" for c in cols[1:]) + " |")
+    rows.append("| adapter files | - | " + " | ".join(
+        f"{results[c]['adapter_bytes'] / 1024:.0f} KiB" if "adapter_bytes" in results[c] else "-" for c in cols[1:]) + " |")
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
