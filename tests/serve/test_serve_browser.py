@@ -84,6 +84,8 @@ def test_quick_candidates_then_upscale_one_from_the_gallery(page, server):
     page.fill("#steps", "2")
     page.click("#candidates")
     page.wait_for_selector("#status[data-state='completed']", timeout=30000)
+    # the status flips when the job ends; the four <img> then load on their own
+    page.wait_for_function("() => [...document.querySelectorAll('#result img')].every(i => i.complete)", timeout=10000)
     assert page.eval_on_selector_all("#result img", "xs => xs.map(i => i.naturalWidth)") == [8, 8, 8, 8]
     page.evaluate("() => { document.querySelector('#status').dataset.state = ''; }")
     page.locator("#gallery figure").first.get_by_role("button", name="upscale").click()

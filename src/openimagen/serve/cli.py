@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-DEFAULT_PORT = 8765
+DEFAULT_PORT = 7860
 
 
 def add_parser(sub, positive_int, model_name) -> None:
@@ -14,7 +14,7 @@ def add_parser(sub, positive_int, model_name) -> None:
     s.add_argument("--sr", default=None, type=model_name, help="a DeepFloyd IF stage II to run after --model")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need --token)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port (default {DEFAULT_PORT}; --port 7860 makes A1111 scripts work by changing nothing; 0 = any free port)")
+                   help=f"port (default {DEFAULT_PORT}, A1111's: its scripts work unchanged; 0 = any free port)")
     s.add_argument("--token", default=os.environ.get("OPENIMAGEN_TOKEN"),
                    help="bearer token every request must carry (env OPENIMAGEN_TOKEN); required off loopback")
     s.add_argument("--allow-host", action="append", default=[], metavar="NAME",

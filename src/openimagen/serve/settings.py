@@ -12,7 +12,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 class Settings:
     out_dir: Path = Path("openimagen-gallery")   # finished images, their index, uploaded inputs
     host: str = "127.0.0.1"
-    port: int = 8765                             # not A1111's 7860 nor ComfyUI's 8188: all three can run side by side
+    port: int = 7860                             # A1111's: scripts written for its API work unchanged
     token: str | None = None                     # bearer token; required when `host` is not loopback
     allowed_hosts: tuple[str, ...] = ()          # extra Host header names (a LAN name when bound elsewhere)
     max_queue: int = 16                          # pending jobs (the running ones are not counted); 429 beyond
