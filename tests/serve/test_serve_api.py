@@ -259,3 +259,21 @@ def test_serve_off_loopback_without_a_token_is_one_line_and_exit_2(capsys, monke
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "give --token" in err
+
+
+def test_requests_record_the_precision_the_model_was_loaded_in(tiny_model, tmp_path, monkeypatch):
+    """auto is resolved once at start; every request (so every PNG, so --from-png) names that precision."""
+    from openimagen import precision
+    from openimagen.serve import Settings
+    from openimagen.serve.app import create_app
+    from openimagen.serve.inputs import requests_for
+
+    for native, want in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(precision, "native_bf16", lambda device, native=native: native)
+        app = create_app(Settings(out_dir=tmp_path / want), model=tiny_model[0], precision="auto",
+                         loaded=[tiny_model[1]])
+        c = app.state.ctx
+        assert c.info.precision == want
+        reqs = requests_for("txt2img", {"prompt": "a red circle", "steps": 2}, c.info, c.settings, batch_count=2, seed=3)
+        assert [r.precision for r in reqs] == [want, want] and [r.seed for r in reqs] == [3, 4]
+        c.queue.stop()

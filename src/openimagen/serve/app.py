@@ -32,13 +32,16 @@ class Context:
     gallery: Gallery
 
 
-def create_app(settings: Settings, *, model: str | None = None, sr: str | None = None, precision: str = "fp32",
+def create_app(settings: Settings, *, model: str | None = None, sr: str | None = None, precision: str = "auto",
                loaded: list | None = None) -> FastAPI:
     """`model`/`sr` as `openimagen generate` takes them (None: the bundled model); `loaded` = already loaded
-    copies, one per device in settings.devices (tests, or a caller that has the model in memory)."""
+    copies, one per device in settings.devices (tests, or a caller that has the model in memory), in
+    `precision`. "auto" is resolved once, for the first device, so every copy and every PNG agree."""
     from .. import api
     from ..load import load_model
+    from ..precision import resolve_precision
 
+    precision = resolve_precision(precision, settings.devices[0])
     if loaded is None:
         dtype = api.PRECISIONS[precision]
         loaded = [load_model(model, sr=sr, device=dev, dtype=dtype) for dev in settings.devices]
@@ -56,7 +59,7 @@ def create_app(settings: Settings, *, model: str | None = None, sr: str | None =
     app = FastAPI(title="openimagen", version=__version__, lifespan=lifespan, **quiet,
                   description="Local text-to-image with a cascaded diffusion model. Our API is /api/v1; "
                               "A1111's subset is /sdapi/v1; OpenAI's image generation is /v1/images/generations.")
-    app.state.ctx = Context(settings, ModelInfo(model, sr, loaded[0]),
+    app.state.ctx = Context(settings, ModelInfo(model, sr, loaded[0], precision),
                             JobQueue(settings, gallery, list(zip(settings.devices, loaded))), gallery)
 
     from . import api_v1, compat_a1111, compat_openai

@@ -22,7 +22,8 @@ def add_parser(sub, positive_int, model_name) -> None:
     s.add_argument("--out", default="openimagen-gallery", help="gallery folder: images, index, uploads (default: openimagen-gallery)")
     s.add_argument("--device", action="append", default=None,
                    help="cpu, cuda:0 ... ; repeat for one worker per device (default cpu)")
-    s.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    s.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="weights dtype (default auto: bf16 where the device has it natively, else fp32; precision.py)")
     s.add_argument("--max-queue", type=positive_int("--max-queue"), default=16, help="jobs waiting before 429 (default 16)")
     s.add_argument("--max-body-mb", type=positive_int("--max-body-mb"), default=32, help="request body limit in MiB (default 32)")
     s.set_defaults(func=cmd_serve)

@@ -30,6 +30,7 @@ class ModelInfo:
     name: str | None        # request.model: None = the bundled model, else a folder path or hub id
     sr: str | None
     model: object           # one loaded copy (for resolving defaults; the workers have their own)
+    precision: str = "fp32"  # the concrete precision the copies were loaded in: what each PNG records
 
     @property
     def title(self) -> str:
@@ -153,7 +154,7 @@ def requests_for(kind: str, fields: dict, info: ModelInfo, settings, *, batch_co
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a whole number >= 0 (or -1 for a random one), got {seed!r}")
     fields = {k: v for k, v in fields.items() if v is not None}
-    base = dict(model=info.name, sr=info.sr, seed=seed, **fields)
+    base = dict(model=info.name, sr=info.sr, precision=info.precision, seed=seed, **fields)
     if kind == "txt2img":
         req = api.GenerateRequest(**base)
         api.resolve(info.model, req)
