@@ -72,11 +72,20 @@ def test_generate_shows_progress_a_preview_and_the_image(page, server):
     page.fill("#steps", "6")
     page.click("#generate")
     page.wait_for_selector("#status[data-state='completed']", timeout=30000)
-    assert page.eval_on_selector("#result img", "i => i.complete && i.naturalWidth") == 16
+    assert _result_widths(page, 1) == [16]
     assert page.eval_on_selector("#preview", "i => !i.hidden && i.src.includes('/preview.png')")
     assert page.eval_on_selector("#progress", "p => p.value") == 1
     assert page.locator("#gallery figure").count() >= 1
     page.screenshot(path=str(server.app.state.ctx.settings.out_dir / "page.png"))
+
+
+def _result_widths(page, n: int) -> list[int]:
+    """The result images' pixel widths, once n of them have loaded: the status flips when the job ends,
+    and the <img> elements load on their own after it."""
+    page.wait_for_function("n => { const xs = [...document.querySelectorAll('#result img')];"
+                           " return xs.length === n && xs.every(i => i.complete && i.naturalWidth > 0); }",
+                           arg=n, timeout=15000)
+    return page.eval_on_selector_all("#result img", "xs => xs.map(i => i.naturalWidth)")
 
 
 def test_quick_candidates_then_upscale_one_from_the_gallery(page, server):
@@ -84,13 +93,11 @@ def test_quick_candidates_then_upscale_one_from_the_gallery(page, server):
     page.fill("#steps", "2")
     page.click("#candidates")
     page.wait_for_selector("#status[data-state='completed']", timeout=30000)
-    # the status flips when the job ends; the four <img> then load on their own
-    page.wait_for_function("() => [...document.querySelectorAll('#result img')].every(i => i.complete)", timeout=10000)
-    assert page.eval_on_selector_all("#result img", "xs => xs.map(i => i.naturalWidth)") == [8, 8, 8, 8]
+    assert _result_widths(page, 4) == [8, 8, 8, 8]
     page.evaluate("() => { document.querySelector('#status').dataset.state = ''; }")
     page.locator("#gallery figure").first.get_by_role("button", name="upscale").click()
     page.wait_for_selector("#status[data-state='completed']", timeout=30000)
-    assert page.eval_on_selector_all("#result img", "xs => xs.map(i => i.naturalWidth)") == [16]
+    assert _result_widths(page, 1) == [16]
 
 
 def test_a_full_queue_shows_the_servers_429_and_a_reload_reattaches(page, server):
