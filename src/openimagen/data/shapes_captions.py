@@ -167,11 +167,12 @@ def random_word(rng: random.Random) -> str:
     """A 3-5 capital-letter sign word outside the vocabulary, >= 2 edits from every word in `WORDS`."""
     while True:
         word = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(rng.randint(3, 5)))
-        if all(_edit_distance(word, w) >= 2 for w in WORDS):
+        if all(edit_distance(word, w) >= 2 for w in WORDS):
             return word
 
 
-def _edit_distance(a: str, b: str) -> int:
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (the OCR scorer's tolerance and the random sign words' distance rule)."""
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]

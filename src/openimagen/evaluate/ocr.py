@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from openimagen.data.shapes import WORDS
+from openimagen.data.shapes_captions import edit_distance  # one definition, shared with the sign words
 
 INSTALL_HINT = "install Tesseract OCR (Debian/Ubuntu: apt-get install tesseract-ocr; macOS: brew install tesseract)"
 
@@ -26,16 +27,6 @@ class OCRUnavailable(RuntimeError):
 
 def tesseract_available() -> bool:
     return shutil.which("tesseract") is not None
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def snap_to_vocabulary(text: str, vocabulary=WORDS) -> str:
