@@ -44,6 +44,13 @@ def _report(callback: Callback | None, i: int, n: int, t: Tensor, x_t: Tensor, x
     return x if out is None else out.to(x)
 
 
+def _half_logsnr_step(schedule: Schedule, t: Tensor, t_next: Tensor, x: Tensor) -> Tensor:
+    """h = lambda_s - lambda_t with lambda = log(alpha/sigma) = logsnr/2: the DPM-Solver++ step size."""
+    lam_t = expand_like(schedule.logsnr(t), x) / 2
+    lam_s = expand_like(schedule.logsnr(t_next.expand(x.shape[0])), x) / 2
+    return lam_s - lam_t
+
+
 def _steps(x: Tensor, schedule: Schedule, ts):
     """Yield (i, t (B,), (alpha_t, sigma_t), (alpha_s, sigma_s), last) for each step t -> s, all (B,1,1,1)."""
     ts = as_timesteps(schedule, ts).to(x.device)
@@ -128,9 +135,7 @@ def dpmpp_2m(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[floa
         if last:
             x = d.x0
         else:
-            lam_t = expand_like(schedule.logsnr(t), x) / 2
-            lam_s = expand_like(schedule.logsnr(ts[i + 1].expand(x.shape[0])), x) / 2
-            h = lam_s - lam_t
+            h = _half_logsnr_step(schedule, t, ts[i + 1], x)
             D = d.x0
             if x0_prev is not None:
                 r = h_prev / h
@@ -163,9 +168,7 @@ def dpmpp_3m(denoise: Denoiser, x: Tensor, schedule: Schedule, ts: Sequence[floa
         if last:
             x = d.x0
         else:
-            lam_t = expand_like(schedule.logsnr(t), x) / 2
-            lam_s = expand_like(schedule.logsnr(ts[i + 1].expand(x.shape[0])), x) / 2
-            h = lam_s - lam_t
+            h = _half_logsnr_step(schedule, t, ts[i + 1], x)
             order = min(3, len(hist) + 1)
             if lower_order_final and n < 15 and i == n - 2:
                 order = min(order, 2)
