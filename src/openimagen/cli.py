@@ -216,18 +216,33 @@ examples:
 def cmd_train(args) -> int:
     from .train import load_train_config, train
     from .train.finetune import finetune_config
-    from .finetune_cli import init_from_args
+    from .finetune_cli import init_from_args, train_stages_from_args
 
     init = init_from_args(args)
     if init is not None:
         cfg = finetune_config(init, args.preset, args.config, args.set or [])
     else:
         cfg = load_train_config(args.preset, args.config, args.set or [])
+        if args.train_stages:  # a share of a fresh cascade; `openimagen merge-stages` joins the shares
+            cfg = dataclasses.replace(cfg, train_stages=train_stages_from_args(args))
     model_dir = train(cfg, args.out, resume=args.resume, max_steps=args.max_steps,
                       data_path=args.data, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # once, not once per process of a multi-process run
         print(f"model written to {model_dir}")
-        print(f'try it: openimagen generate --model {args.out} "a red circle above a blue square"')
+        if cfg.train_stages is not None:
+            print(f"this run trained stage(s) {list(cfg.train_stages)} of the cascade; once the runs of the other "
+                  f"stages are done: openimagen merge-stages {args.out} OTHER_RUN... --out MODEL_FOLDER")
+        else:
+            print(f'try it: openimagen generate --model {args.out} "a red circle above a blue square"')
+    return 0
+
+
+def cmd_merge_stages(args) -> int:
+    from .train.merge import merge_stages
+
+    out = merge_stages(args.runs, args.out)
+    print(f"model written to {out}")
+    print(f'try it: openimagen generate --model {out} "a red circle above a blue square"')
     return 0
 
 
@@ -362,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_init_options(t)
     t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("merge-stages", help="join a cascade trained as several --train-stages runs into one model")
+    m.add_argument("runs", nargs="+", metavar="RUN", help="the run folders, each trained with --train-stages")
+    m.add_argument("--out", required=True, help="the model folder to write (what generate --model takes)")
+    m.set_defaults(func=cmd_merge_stages)
 
     e = sub.add_parser("embed", help="encode every caption of the training data once (before `train`)")
     _add_run_options(e, "the run folder that `train --out` will use; embeddings go to OUT/embeddings")

@@ -11,7 +11,8 @@ def add_init_options(p: argparse.ArgumentParser) -> None:
                    help="start from MODEL: 'bundled', a model folder, a run folder, or an IF folder / hub id")
     f.add_argument("--init-sr", default=None, metavar="MODEL", help="an IF stage II to fine-tune after --init's stage I")
     f.add_argument("--train-stages", default=None, metavar="K[,K...]",
-                   help="the stages that train, e.g. 0 or 0,1 (default: all); the others stay frozen")
+                   help="the stages that train, e.g. 0 or 0,1 (default: all); with --init the others stay frozen, "
+                        "without it they are left to another run (join the runs with `openimagen merge-stages`)")
     f.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank only (peft)")
     f.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     f.add_argument("--lora-dropout", type=float, default=0.0)
@@ -26,6 +27,15 @@ def add_init_options(p: argparse.ArgumentParser) -> None:
     f.add_argument("--prior-images", type=int, default=64, help="how many prior images to draw (default 64)")
 
 
+def train_stages_from_args(args) -> tuple[int, ...] | None:
+    if not args.train_stages:
+        return None
+    try:
+        return tuple(int(k) for k in args.train_stages.split(","))
+    except ValueError:
+        raise ValueError(f"--train-stages {args.train_stages!r}: give stage numbers, e.g. 0 or 0,1") from None
+
+
 def init_from_args(args):
     """The InitConfig the options describe, or None without --init."""
     from .lora import LoraConfig
@@ -33,20 +43,15 @@ def init_from_args(args):
 
     lora_opts = (args.lora_alpha is not None or args.lora_targets or args.lora_convs or args.lora_dropout or args.merge)
     if args.init is None:
-        if (args.init_sr or args.train_stages or args.lora_rank is not None or lora_opts or args.gradient_checkpointing
+        if (args.init_sr or args.lora_rank is not None or lora_opts or args.gradient_checkpointing
                 or args.caption or args.prior_prompts):
-            raise ValueError("--init-sr, --train-stages, --lora-*, --caption, --prior-* and --gradient-checkpointing "
+            raise ValueError("--init-sr, --lora-*, --caption, --prior-* and --gradient-checkpointing "
                              "fine-tune a model: "
                              "give --init MODEL (e.g. --init bundled)")
         return None
     if lora_opts and args.lora_rank is None:
         raise ValueError("--lora-alpha/--lora-targets/--lora-convs/--lora-dropout/--merge need --lora-rank R")
-    train = None
-    if args.train_stages:
-        try:
-            train = tuple(int(k) for k in args.train_stages.split(","))
-        except ValueError:
-            raise ValueError(f"--train-stages {args.train_stages!r}: give stage numbers, e.g. 0 or 0,1") from None
+    train = train_stages_from_args(args)
     lora = None
     if args.lora_rank is not None:
         targets = tuple(t.strip() for t in args.lora_targets.split(",")) if args.lora_targets else None

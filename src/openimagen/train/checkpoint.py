@@ -223,6 +223,11 @@ def _readable(path: Path) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
+def read_state(path: str | os.PathLike) -> dict | None:
+    """A checkpoint's state.json (counters, data position, the TrainConfig), None if unreadable."""
+    return _readable(Path(path))
+
+
 def find_checkpoint(root: str | os.PathLike) -> Path | None:
     """The folder to resume from: what `latest` names, else the newest complete `step-*` folder."""
     root = Path(root)

@@ -183,6 +183,9 @@ class TrainConfig:
     sample_prompts: tuple[str, ...] = ("a red circle on a gray background", "a blue square above a yellow star")
     sample_steps: int = 25              # sampler steps per stage for the grids
     init: InitConfig | None = None      # fine-tune a trained model (train/finetune.py); None: random weights
+    train_stages: tuple[int, ...] | None = None  # a fresh cascade's stages this run trains (None: all). Stages
+                                        # train independently (each on real images), so a cascade can be split
+                                        # over processes or machines and joined by `openimagen merge-stages`
 
     def __post_init__(self):
         if not self.stages:
@@ -219,9 +222,21 @@ class TrainConfig:
             if bad:
                 raise ConfigError(f"init.train names stage(s) {bad}, but the model has {len(self.stages)} "
                                   f"(0..{len(self.stages) - 1})")
+        if self.train_stages is not None:
+            if self.init is not None:
+                raise ConfigError("train_stages splits a fresh cascade over runs; a fine-tune names its stages in "
+                                  "init.train (--train-stages with --init)")
+            ks = self.train_stages
+            if (not isinstance(ks, tuple) or not ks or len(set(ks)) != len(ks)
+                    or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(self.stages) for k in ks)):
+                raise ConfigError(f"train_stages={ks!r} must list distinct stage indices in 0..{len(self.stages) - 1} "
+                                  "(0 = the base), e.g. [0] or [1, 2]")
 
     def trains(self, k: int) -> bool:
-        """Whether stage k trains in this run (a fine-tune may freeze some: they never run)."""
+        """Whether stage k trains in this run (a fine-tune may freeze some, a split run leaves some to another
+        process: they never run)."""
+        if self.train_stages is not None and k not in self.train_stages:
+            return False
         return self.init is None or self.init.train is None or k in self.init.train
 
     @property

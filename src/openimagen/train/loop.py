@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
 
     # -- the loop -------------------------------------------------------------------------------
     batches = data_batches(cfg, dataset, position, done, rank, world)
-    bar = tqdm(total=sum(st.steps for st in cfg.stages), initial=step, desc="training",
+    bar = tqdm(total=sum(st.steps for k, st in enumerate(cfg.stages) if cfg.trains(k)), initial=step, desc="training",
                disable=not (progress and main), dynamic_ncols=True)
     window: dict[int, list[Tensor]] = {}
     t0 = time.time()
@@ -423,6 +423,9 @@ def _sample_grid(cfg: TrainConfig, emas: list, stages: list[Stage], lookup, done
 
     from ..data.transforms import to_pil
 
+    if not cfg.trains(0) and cfg.init is None:  # a split run's SR share: its base is another run's, untrained here
+        log.info("no sample grid: this run trains stages %s of a split cascade, not its base", cfg.train_stages)
+        return
     n = 1
     while n < len(done) and (done[n] > 0 or cfg.init is not None):  # untrained fresh stages would draw noise
         n += 1
