@@ -103,28 +103,38 @@ def main(argv=None) -> int:
 
     files = {name: load_benchmark_prompts(name)[:args.prompts] for name in ("templates", "natural")}
     prompts = [q for ps in files.values() for q in ps]
-    encoder = text_encoder_from_spec(cfg.text_encoder)
-    dataset = build_dataset(cfg)
-    cache = EmbeddingCache(run / "embeddings")
-    L = encoder.max_length
-    captions = collect_captions(dataset)
-    embeds, mask = cache.lookup(captions, pad_to=L)
-    eval_embeds, eval_mask = encoder.encode(prompts)
-    pad = L - eval_embeds.shape[1]
-    eval_embeds = torch.nn.functional.pad(eval_embeds, (0, 0, 0, pad))
-    eval_mask = torch.nn.functional.pad(eval_mask, (0, pad))
-    images = torch.stack([((dataset[i]["image"] + 1) * 127.5).round().to(torch.uint8) for i in range(len(dataset))])
-    torch.save({"images": images, "embeds": embeds.half(), "mask": mask, "eval_embeds": eval_embeds,
-                "eval_mask": eval_mask}, out / "peer_data.pt")
-    base_unet = ours.stages[0].unet
-    setup = {"data": str(out / "peer_data.pt"), "out": str(out / "peer_images.pt"), "result": str(out / "peer.json"),
-             "budget_cpu_s": budget, "threads": 1, "batch": cfg.stages[0].batch_size, "seed": 0,
-             "target_params": sum(p.numel() for p in base_unet.parameters()),
-             "attn_levels": list(cfg.stages[0].stage.unet.attn_levels), "sample_timesteps": args.peer_sample_steps,
-             "cond_scale": args.cond_scale}
-    (out / "peer_setup.json").write_text(json.dumps(setup))
+    setup_path = out / "peer_setup.json"
+    if setup_path.is_file() and (out / "peer_data.pt").is_file():  # a killed run: the peer resumes from its state
+        setup = json.loads(setup_path.read_text())
+        if setup["budget_cpu_s"] != budget:
+            raise SystemExit(f"{out} holds a peer run with a budget of {setup['budget_cpu_s']} CPU-s, not {budget}; "
+                             "use a new folder")
+    else:
+        encoder = text_encoder_from_spec(cfg.text_encoder)
+        dataset = build_dataset(cfg)
+        cache = EmbeddingCache(run / "embeddings")
+        L = encoder.max_length
+        captions = collect_captions(dataset)
+        embeds, mask = cache.lookup(captions, pad_to=L)
+        eval_embeds, eval_mask = encoder.encode(prompts)
+        pad = L - eval_embeds.shape[1]
+        eval_embeds = torch.nn.functional.pad(eval_embeds, (0, 0, 0, pad))
+        eval_mask = torch.nn.functional.pad(eval_mask, (0, pad))
+        images = torch.stack([((dataset[i]["image"] + 1) * 127.5).round().to(torch.uint8) for i in range(len(dataset))])
+        torch.save({"images": images, "embeds": embeds.half(), "mask": mask, "eval_embeds": eval_embeds,
+                    "eval_mask": eval_mask}, out / "peer_data.pt")
+        base_unet = ours.stages[0].unet
+        setup = {"data": str(out / "peer_data.pt"), "out": str(out / "peer_images.pt"), "result": str(out / "peer.json"),
+                 "budget_cpu_s": budget, "threads": 1, "batch": cfg.stages[0].batch_size, "seed": 0,
+                 "target_params": sum(p.numel() for p in base_unet.parameters()),
+                 "attn_levels": list(cfg.stages[0].stage.unet.attn_levels), "sample_timesteps": args.peer_sample_steps,
+                 "cond_scale": args.cond_scale,
+                 "state": str(out / "peer_state.pt")}
+        setup_path.write_text(json.dumps(setup))
     subprocess.run([str(PEER_PY), str(ROOT / "benchmarks" / "peer_equal_budget.py"), str(out / "peer_setup.json")],
                    check=True)
+    if args.ours is not None:  # the peer may have started while our base was still training: score the final one
+        ours = Cascade.from_pretrained(model_dir)
     peer = json.loads((out / "peer.json").read_text())
     peer_images = torch.load(out / "peer_images.pt", weights_only=True)["images"].float() / 127.5 - 1
 
