@@ -2,6 +2,10 @@
 
     PYTHONPATH=src python benchmarks/select_sampling.py runs/shapes-128 --json benchmarks/results/sampling_128.json
     PYTHONPATH=src python benchmarks/select_sampling.py runs/shapes-128 --apply     # then write the winner
+    # the grid split over two cores (one process per noise level), then joined and applied
+    PYTHONPATH=src python benchmarks/select_sampling.py MODEL --noise-level 0.12 --json a.json &
+    PYTHONPATH=src python benchmarks/select_sampling.py MODEL --noise-level 0.2 --json b.json; wait
+    PYTHONPATH=src python benchmarks/select_sampling.py MODEL --join a.json b.json --json all.json --apply
 
 The scenes are fresh draws of the training distribution: `ShapesWorld(phrasing=..., seed=SCENE_SEED)`, train
 split (no held-out combination), a seed no training run uses, so neither benchmark file nor training caption
@@ -77,6 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="write every setting's scores here")
     p.add_argument("--apply", action="store_true", help="write the winner into the model folder's stage configs")
+    p.add_argument("--join", nargs="+", default=None, metavar="JSON",
+                   help="rank the rows of earlier --json files (parts of one grid, same scenes) instead of sampling")
     args = p.parse_args(argv)
 
     import torch
@@ -86,13 +92,21 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     folder = Path(args.model)
     folder = folder / "model" if (folder / "model" / "cascade.json").is_file() else folder
-    cascade = load_model(str(folder))
-    prompts = training_scenes(args.scenes, cascade.stages[-1].resolution, args.phrasing)
     rows = []
-    for g in args.guidance:
-        for noise in args.noise_level:
-            rows.append(evaluate_setting(cascade, prompts, g, noise))
-            print(json.dumps(rows[-1]), flush=True)
+    if args.join:
+        parts = [json.loads(Path(f).read_text()) for f in args.join]
+        for f, part in zip(args.join, parts):
+            if (part["scenes"], part["scene_seed"], part["phrasing"]) != (args.scenes, SCENE_SEED, args.phrasing):
+                raise SystemExit(f"{f} was scored on other scenes ({part['scenes']}, seed {part['scene_seed']}, "
+                                 f"{part['phrasing']}); join only parts of one grid")
+            rows += part["rows"]
+    else:
+        cascade = load_model(str(folder))
+        prompts = training_scenes(args.scenes, cascade.stages[-1].resolution, args.phrasing)
+        for g in args.guidance:
+            for noise in args.noise_level:
+                rows.append(evaluate_setting(cascade, prompts, g, noise))
+                print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["mean"])
     print(f"best: guidance {best['guidance']}, SR noise level {best['noise_level']} (mean accuracy {best['mean']:.1%})")
     if args.json:
