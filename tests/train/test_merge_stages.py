@@ -110,3 +110,15 @@ def test_train_stages_is_checked_in_the_config(tiny_config):
         with pytest.raises(ConfigError, match=r"train_stages=.* must list distinct stage indices in 0\.\.1"):
             dataclasses.replace(cfg, train_stages=bad)
     assert [dataclasses.replace(cfg, train_stages=(1,)).trains(k) for k in (0, 1)] == [False, True]
+
+
+def test_a_share_resumes_only_as_that_share(shares, tiny_config):
+    cfg = tiny_config()
+    with pytest.raises(ValueError, match=r"trains stage\(s\) \[1\]; resume it with --train-stages 1"):
+        train(cfg, shares["sr"], resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"trains every stage; resume it with no --train-stages"):
+        train(dataclasses.replace(cfg, train_stages=(0,)), shares["full"], resume=True, progress=False)
+    # the same share resumes (a finished run: nothing left to train, the model folder stays as it was)
+    before = _weights(shares["sr"] / "model", 1)
+    train(dataclasses.replace(cfg, train_stages=(1,)), shares["sr"], resume=True, progress=False)
+    assert _equal(before, _weights(shares["sr"] / "model", 1))

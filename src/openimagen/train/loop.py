@@ -244,6 +244,7 @@ def train(cfg: TrainConfig, out_dir, *, resume: bool = False, max_steps: int | N
             s.unet.compile(dynamic=False)
     done, step, position, scaler_state = [0] * len(stages), 0, [0, 0], None
     if found is not None:
+        _check_same_share(found, cfg)
         state, saved = _load_matching(found, cfg, stages, opts, emas, names)
         step, done = state["step"], list(state["stage_steps"])
         positions = state["data_positions"]
@@ -340,6 +341,16 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def _check_same_share(found: Path, cfg: TrainConfig) -> None:
+    """A run of some stages (--train-stages) resumes only as that share: the others are not in its checkpoints."""
+    saved = (ckpt.read_state(found) or {}).get("config", {}).get("train_stages")
+    want = list(cfg.train_stages) if cfg.train_stages is not None else None
+    if saved != want:
+        have = f"trains stage(s) {saved}" if saved is not None else "trains every stage"
+        fix = f"--train-stages {','.join(map(str, saved))}" if saved is not None else "no --train-stages"
+        raise ValueError(f"the run in {found.parent.parent} {have}; resume it with {fix} (or start a new run folder)")
 
 
 def _load_matching(found: Path, cfg: TrainConfig, stages: list[Stage], opts: list, emas: list, names: list):
