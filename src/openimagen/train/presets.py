@@ -40,6 +40,12 @@ def _unet(preset: str, **overrides) -> EfficientUNetConfig:
 def _stage(resolution: int, unet: EfficientUNetConfig, lowres: bool, logsnr_shift: float = 0.0, **kw) -> StageConfig:
     # v-prediction on Imagen's cosine schedule: well conditioned at both ends of t, which matters
     # for small networks; the low-res augmentation uses the linear schedule (Imagen's default).
+    sampling = dict(  # the sampling defaults; a preset whose model chose its own passes them in kw
+        noise_level=0.12 if lowres else 0.0,  # why 0.12: docs/decisions.md#sr-noise-augmentation
+        sampler="dpmpp_2m",
+        steps=25,
+        guidance=1.0 if lowres else 2.0,  # why 2 and 1: docs/decisions.md#sampling-guidance
+    )
     return StageConfig(
         resolution=resolution,
         unet=unet,
@@ -47,12 +53,8 @@ def _stage(resolution: int, unet: EfficientUNetConfig, lowres: bool, logsnr_shif
         parameterization=Parameterization(kind="v"),
         lowres=lowres,
         lowres_schedule=ScheduleConfig(kind="linear"),
-        noise_level=0.12 if lowres else 0.0,  # why 0.12: docs/decisions.md#sr-noise-augmentation
-        sampler="dpmpp_2m",
-        steps=25,
-        guidance=1.0 if lowres else 2.0,  # why 2 and 1: docs/decisions.md#sampling-guidance
         threshold="dynamic",
-        **kw,
+        **{**sampling, **kw},
     )
 
 
