@@ -159,6 +159,12 @@ CASES: dict[str, tuple] = {
     "width-word": (GEN + ["--width", "wide"], ["--width"]),
     "threads-0": (["--threads", "0"] + GEN, ["--threads"]),
     "max-steps-0": (TRAIN + ["--max-steps", "0", "--out", "x"], ["--max-steps"]),
+    "train-stages-out-of-range": (TRAIN + ["--train-stages", "5", "--out", "x"], ["train_stages=(5,)", "0..1"]),
+    "train-stages-word": (TRAIN + ["--train-stages", "base", "--out", "x"], ["--train-stages 'base'"]),
+    "merge-stages-one-run": (lambda tmp, m: ["merge-stages", str(tmp), "--out", str(tmp / "m")],
+                             ["at least two run folders"]),
+    "merge-stages-not-runs": (lambda tmp, m: ["merge-stages", str(m), str(tmp), "--out", str(tmp / "m")],
+                              ["is not a training run", "train_config.json"]),
     # devices and precision
     "device-cuda": (GEN + ["--device", "cuda"], ["--device cuda", "no usable CUDA"]),
     "device-cuda-7": (GEN + ["--device", "cuda:7"], ["--device cuda:7"]),
