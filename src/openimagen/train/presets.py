@@ -58,6 +58,14 @@ def _stage(resolution: int, unet: EfficientUNetConfig, lowres: bool, logsnr_shif
     )
 
 
+def _shapes_run(**kw) -> TrainConfig:
+    """The training knobs the shapes-world recipes share (shapes-small, shapes-128); kw: what differs."""
+    return TrainConfig(
+        optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
+        mixed_precision="auto", ema_decay=0.999, caption_dropout=0.1,
+        log_every=20, checkpoint_every=250, keep_checkpoints=2, sample_steps=25, **kw)
+
+
 def shapes_tiny() -> TrainConfig:
     """Two ~0.1M-parameter U-Nets, 16 px then 32 px; 50 steps each. For tests and a first look."""
     base = _unet("tiny", text_embed_dim=384)
@@ -109,7 +117,7 @@ def shapes_small() -> TrainConfig:
     """
     base = _unet("shapes-base", extras=(TextLayoutConfig(grid=8, layers=2),))
     sr = _unet("shapes-sr")
-    return TrainConfig(
+    return _shapes_run(
         text_encoder=MINILM,
         stages=(
             StageTrainConfig(stage=_stage(32, base, lowres=False, logsnr_shift=-3.0), steps=LAYOUT_WARMUP + 6000,
@@ -118,16 +126,8 @@ def shapes_small() -> TrainConfig:
                              noise_level_max=0.3, crop=32),
         ),
         data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True),
-        optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
-        mixed_precision="auto",
-        ema_decay=0.999,
-        caption_dropout=0.1,
-        log_every=20,
-        checkpoint_every=250,
-        keep_checkpoints=2,
         sample_every=2000,
         sample_prompts=SHAPES_PROMPTS,
-        sample_steps=25,
     )
 
 
@@ -161,7 +161,7 @@ def shapes_128() -> TrainConfig:
     base = _unet("shapes-base", extras=(TextLayoutConfig(grid=8, layers=2),
                                         SpellingConfig(max_chars=SPELL_CHARS, grid=16, width=64, layers=2)))
     sr64, sr128 = _unet("shapes-sr"), _unet("shapes-sr128")
-    return TrainConfig(
+    return _shapes_run(
         text_encoder=SpelledEncoderConfig(MINILM, max_chars=SPELL_CHARS),
         stages=(
             StageTrainConfig(stage=_stage(32, base, lowres=False, logsnr_shift=-3.0), steps=LAYOUT_WARMUP + 2800,
@@ -172,16 +172,8 @@ def shapes_128() -> TrainConfig:
                              noise_level_max=0.3, crop=32),
         ),
         data=DataConfig(kind="shapes", size=20_000, seed=0, holdout=True, phrasing="natural"),
-        optim=OptimConfig(lr=5e-4, warmup_steps=100, decay="cosine", grad_clip=1.0, weight_decay=0.0),
-        mixed_precision="auto",
-        ema_decay=0.999,
-        caption_dropout=0.1,
-        log_every=20,
-        checkpoint_every=250,
-        keep_checkpoints=2,
         sample_every=0,   # one grid at the end: a grid of three stages costs ~1 CPU-minute
         sample_prompts=SHAPES_128_PROMPTS,
-        sample_steps=25,
     )
 
 
