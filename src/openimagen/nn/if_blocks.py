@@ -96,7 +96,12 @@ class ResnetBlock(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor, emb: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        h = F.gelu(self.norm1(x))  # (B, Cin, H, W)
+        # Without autograd (sampling) the activations, the FiLM and the residual add run in place on buffers
+        # this block owns: the same values, one full-size temporary fewer per step (work-peak memory).
+        inplace = not torch.is_grad_enabled()
+        if inplace and x.device.type == "cpu":  # conv1 sees 4x the pixels after "up", a quarter after "down"
+            x = _layout(x, self.conv1.weight, {"up": 4.0, "down": 0.25}.get(self.resample, 1.0))
+        h = _gelu(self.norm1(x), inplace)  # (B, Cin, H, W)
         if self.resample == "up":  # nearest x2, or to `size` so odd skip sizes still line up
             x = _upsample(x, size)
             h = _upsample(h, size)
@@ -105,14 +110,32 @@ class ResnetBlock(nn.Module):
             h = F.avg_pool2d(h, 2)
         h = self.conv1(h)  # (B, Cout, H', W')
         scale, shift = self.time_emb_proj(emb)[:, :, None, None].chunk(2, dim=1)  # (B, Cout, 1, 1) each
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.gelu(h)))
+        h = self.norm2(h)
+        h = h.mul_(1 + scale).add_(shift) if inplace else h * (1 + scale) + shift  # diffusers' order of operations
+        h = self.conv2(self.dropout(_gelu(h, inplace)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        out = x + h
+        out = h.add_(x) if inplace else x + h
         if self.out_scale != 1.0:  # IF-II: skip-scaled residuals, written as a division like the checkpoints' config
             out = out.div_(self.out_scale)
         return out
+
+
+def _layout(x: Tensor, weight: Tensor, scale: float = 1.0) -> Tensor:
+    """The memory layout of a resnet's activations for sampling on the CPU: the one whose convolutions copy less.
+
+    oneDNN convolves blocked tensors. From NCHW it first copies the input into its blocked layout; from
+    channels_last (NHWC) it reads the input as it is, but PyTorch first copies the NCHW weight to NHWC. So
+    high-resolution levels (activations larger than the weights) run channels_last and the deep levels NCHW:
+    the largest temporary of a forward goes, and the work-peak memory with it
+    (docs/decisions.md#if-memory-layout). Values agree with NCHW to float rounding."""
+    if x.numel() * scale > weight.numel():  # scale: the conv's input size over x's (resampling in between)
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
+def _gelu(x: Tensor, inplace: bool) -> Tensor:
+    return torch.ops.aten.gelu_(x) if inplace else F.gelu(x)
 
 
 def _upsample(x: Tensor, size: tuple[int, int] | None) -> Tensor:
@@ -240,7 +263,8 @@ class UpBlock(nn.Module):
                 size: tuple[int, int] | None = None) -> Tensor:
         """`skips` is consumed: each skip is popped as it is used, so its memory is freed right away."""
         for i, resnet in enumerate(self.resnets):
-            h = resnet(torch.cat([h, skips.pop()], dim=1), emb)  # (B, C + Cskip, H, W) -> (B, Cout, H, W)
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, C + Cskip, H, W); rebinding h frees the old one now
+            h = resnet(h, emb)  # -> (B, Cout, H, W)
             if self.attentions is not None:
                 h = self.attentions[i](h, ctx)
         if self.upsamplers is not None:
