@@ -54,8 +54,8 @@ def table(res: dict) -> str:
         f"| {ours_gen} | {ge['peer']['seconds_used']:.0f} "
         f"| **{ge['ratio_peer_over_ours_auto']:.0f}x** faster at precision auto (floor 100x: "
         f"{'met' if ge['meets_floor'] else 'not met'}) |",
-        *[f"| the same 4 images with {a.replace(':', ' ')} steps on the base (proposed, not the default; scores: "
-          f"benchmarks/README.md, base-stage solvers) | {v['s_median']:.2f} | {ge['peer']['seconds_used']:.0f} | "
+        *[f"| the same 4 images with {a.replace(':', ' ')} steps on the base (another setting, not the default; "
+          f"scores: benchmarks/README.md, base-stage solvers) | {v['s_median']:.2f} | {ge['peer']['seconds_used']:.0f} | "
           f"{v['ratio_peer_over']:.0f}x |" for a, v in ge["ours"].get("alternatives_fp32", {}).items()],
         f"| our training FLOP utilisation ({fl['precision']}) | {fl['ours_achieved_flops_per_s'] / 1e9:.0f} GFLOP/s achieved "
         f"/ {fl['matmul_peak_' + fl['precision']]['flops_per_s'] / 1e9:.0f} GFLOP/s {fl['precision']} matmul peak = "
