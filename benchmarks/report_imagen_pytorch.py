@@ -92,8 +92,10 @@ def notes(res: dict) -> str:
         f"steps; the time is {pe['how']} ({pe['per_step_s']:.3f} s per step + {pe['fixed_s']:.2f} s fixed)"
         + (f"; a measured 1000-step run took {pe['measured_1000_s']:.0f} s." if pe["measured_1000_s"] else "."),
         "- Prompt fidelity of the timed settings (the bundled model's defaults) is the scorer's on the benchmark file, "
-        "README \"The bundled model\": colour 100%, shape 82.4%, position 100%, count 76%, relation 100% (100 prompts); "
-        "on 24 random scenes `benchmarks/bench_samplers.py` scores the same settings beside fewer steps and DPM-Solver++(3M). "
+        "README \"The bundled model\": colour 100%, shape 83.5%, position 100%, count 72%, relation 100%, word 100% (100 "
+        "prompts; at the former 25 base steps: shape 82.4%, count 76%, word 93.3%); on 96 random scenes "
+        "`benchmarks/bench_samplers.py` scores 10 base steps beside 25 and DPM-Solver++(3M) at 15: shape 74% / 69% / 70%, "
+        "every other attribute equal (README \"Base-stage solvers\"). "
         "The peer's untrained U-Net has no fidelity to score: its row is the time of its default 1000-step sampler.",
         "- FLOP utilisation: FLOPs of our training step (at precision auto) counted by `torch.utils.flop_counter.FlopCounterMode` "
         "(matmuls, convolutions, attention; forward + backward), over the median step time, divided by the best "
