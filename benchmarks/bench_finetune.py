@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_finetune.py --out runs/bench-finetune \
         > runs/bench-finetune.log 2>&1        # results/finetune.json + the README table
-    (or the three parts side by side: --part before | lora | full, each its own process, then --report)
+    (or the parts side by side: --part before | lora | lora-both | full | full-both, each its own process, then
+    --report; --compare OUT/PART ... tabulates finished parts of several --out folders, e.g. other --lr or --prior)
 
 For this benchmark only, "teal" joins the shapes world's renderer, caption parser and scorer palette
 (`add_teal`; the shipped vocabularies are untouched). Both runs start from the bundled model, train only
@@ -126,32 +127,64 @@ def base_stage_teal(model: str | None, prompts: list[str]) -> float:
     return score_many(images, prompts).accuracy.get("color", 0.0)
 
 
-def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], lora: bool, steps: int, batch: int,
-             prior_from: Path | None, variant: dict | None = None) -> tuple[str, float]:
+# The fine-tunes, by name. train: the stages that train (others frozen); lora: rank-8 adapters (convs: on the
+# convolutions too) instead of training every weight; sr_steps: the SR stage's steps as a share of the base's.
+VARIANTS = {
+    "lora": dict(train=(0,), lora=True, convs=False, lr="1e-3"),
+    "lora-both": dict(train=(0, 1), lora=True, convs=True, lr="2e-3", sr_steps=2 / 3),
+    "full": dict(train=(0,), lora=False, lr="2e-4"),
+    "full-both": dict(train=(0, 1), lora=False, lr="2e-4", sr_steps=2 / 3),
+}
+
+
+def shared_prior(out: Path, init, cfg_for_prior) -> tuple[Path, float]:
+    """out/prior: the prior images, drawn once by whichever part gets there first (the others wait and copy
+    them); returns the folder and the CPU seconds this process spent drawing (0 when another drew them)."""
+    from openimagen.train.finetune import ensure_prior_images
+
+    folder, lock = out / "prior", out / ".prior-lock"
+    try:
+        lock.mkdir(parents=True)
+    except FileExistsError:
+        while not folder.is_dir():  # another part is drawing them
+            time.sleep(5)
+        return folder, 0.0
+    t = time.process_time()
+    ensure_prior_images(cfg_for_prior, out, progress=False)
+    return folder, time.process_time() - t
+
+
+def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], steps: int, batch: int,
+             lr: str | None = None, prior_steps: int | None = EVAL_STEPS) -> tuple[str, float, float]:
+    """Train variant `name`; returns the run folder, its training CPU seconds and the prior-drawing CPU seconds."""
     from openimagen.lora import LoraConfig
     from openimagen.train import train
     from openimagen.train.config import InitConfig, PriorConfig
     from openimagen.train.finetune import finetune_config
 
-    v = variant or {}
-    init = InitConfig("bundled", train=v.get("train", (0,)),
-                      lora=LoraConfig(rank=8, convs=v.get("convs", False)) if lora else None,
-                      prior=PriorConfig(prompts=tuple(prior_prompts), num_images=len(prior_prompts), steps=EVAL_STEPS))
-    lr = v.get("lr", "1e-3" if lora else "2e-4")
-    cfg = finetune_config(init, overrides=list(v.get("overrides", [])) + [
+    v = VARIANTS[name]
+    init = InitConfig("bundled", train=v["train"],
+                      lora=LoraConfig(rank=8, convs=v.get("convs", False)) if v["lora"] else None,
+                      prior=PriorConfig(prompts=tuple(prior_prompts), num_images=len(prior_prompts), steps=prior_steps)
+                      if prior_prompts else None)
+    overrides = []
+    if 1 in v["train"]:
+        overrides += [f"stages.1.steps={max(1, round(steps * v['sr_steps']))}", f"stages.1.batch_size={batch}",
+                      "stages.1.noise_level_max=0.3"]
+    cfg = finetune_config(init, overrides=overrides + [
         "data.kind=folder", f"data.path={data}", f"stages.0.steps={steps}", f"stages.0.batch_size={batch}",
-        f"optim.lr={lr}", "optim.warmup_steps=20", "ema_decay=0.995", f"checkpoint_every={max(steps, 1)}",
+        f"optim.lr={lr or v['lr']}", "optim.warmup_steps=20", "ema_decay=0.995", f"checkpoint_every={max(steps, 1)}",
         "log_every=25", 'sample_prompts=["a teal circle on a gray background"]', "sample_steps=10"])
     run = out / name
-    if prior_from is not None and not (run / "prior").exists():  # the same prior images: drawn once
-        while not prior_from.is_dir():  # the other run is drawing them
-            time.sleep(5)
-        shutil.copytree(prior_from, run / "prior")
+    prior_cpu = 0.0
+    if init.prior is not None:
+        prior, prior_cpu = shared_prior(out, init, cfg)
+        shutil.copytree(prior, run / "prior")
     t = time.process_time()
     train(cfg, run, progress=False)
     cpu = time.process_time() - t
     print(f"  {name}: {steps} steps in {cpu:.0f} CPU s", flush=True)
-    return str(run), cpu
+    return str(run), cpu, prior_cpu
 
 
 def main() -> None:
@@ -160,18 +193,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--prior", type=int, default=16, help="prior-preservation images")
+    ap.add_argument("--prior-steps", type=int, default=EVAL_STEPS,
+                    help="sampling steps per stage of the prior images (0: the model's own defaults)")
     ap.add_argument("--test", type=int, default=15, help="held-out teal prompts")
     ap.add_argument("--every", type=int, default=3, help="score every N-th shipped benchmark prompt")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--part", choices=("all", "before", "lora", "full", "lora-both", "base-teal"), default="all",
+    ap.add_argument("--lr", default=None, help="the learning rate of every fine-tune (default: each variant's own)")
+    ap.add_argument("--part", choices=("all", "before", *VARIANTS, "base-teal"), default="all",
                     help="one part (the parts run side by side as separate processes), then --report")
     ap.add_argument("--report", action="store_true", help="merge the parts in --out into --json and print the table")
+    ap.add_argument("--compare", nargs="+", metavar="OUT/PART", help="one table of finished parts from several --out "
+                    "folders (each OUT holding part-before.json), written to --json")
     ap.add_argument("--smoke", action="store_true", help="a few steps and prompts: checks the script runs")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "finetune.json"))
     args = ap.parse_args()
     out = Path(args.out)
     if args.report:
         return report(out, Path(args.json))
+    if args.compare:
+        return compare(args.compare, Path(args.json))
 
     import torch
 
@@ -186,12 +226,12 @@ def main() -> None:
     if not (out / "teal-data").is_dir():
         write_folder(train_set, out / "teal-data")
     shipped = load_benchmark_prompts()[:: 10 if args.smoke else args.every]
-    world = ShapesWorld(resolution=64, size=64, seed=7, holdout=STANDARD_HOLDOUT)
+    world = ShapesWorld(resolution=64, size=max(64, args.prior), seed=7, holdout=STANDARD_HOLDOUT)
     prior_prompts = [world.scene_and_caption(i)[1] for i in range(8 if args.smoke else args.prior)]
-    parts = ("before", "lora", "lora-both", "full") if args.part == "all" else (args.part,)
+    parts = ("before", *VARIANTS) if args.part == "all" else (args.part,)
 
     if args.part == "base-teal":  # every finished model's base stage alone, on the held-out teal prompts
-        found = {"bundled": None, **{n: str(out / n) for n in ("lora", "lora-both", "full")
+        found = {"bundled": None, **{n: str(out / n) for n in VARIANTS
                                      if (out / f"part-{n}.json").is_file()}}
         entry = {n: base_stage_teal(m, test_prompts) for n, m in found.items()}
         (out / "part-base-teal.json").write_text(json.dumps(entry, indent=1) + "\n")
@@ -214,38 +254,57 @@ def main() -> None:
             print(f"fine-tune: {name}", flush=True)
             if (out / name).exists():
                 shutil.rmtree(out / name)
-            prior_from = out / "lora" / "prior" if name != "lora" else None  # drawn once, by the LoRA part
-            # lora-both: adapters on both stages (the frozen SR stage turns the base's teal into green and blue),
-            # on the convolutions too, a higher learning rate, 100 SR steps
-            variant = dict(train=(0, 1), convs=True, lr="2e-3", overrides=[
-                f"stages.1.steps={max(1, steps * 2 // 3)}", f"stages.1.batch_size={args.batch}",
-                "stages.1.noise_level_max=0.3"]) \
-                if name == "lora-both" else None
-            run, cpu = finetune(name, out, out / "teal-data", prior_prompts, name.startswith("lora"), steps,
-                                args.batch, prior_from, variant)
-            entry = {"train_cpu_s": round(cpu, 1),
+            run, cpu, prior_cpu = finetune(name, out, out / "teal-data", prior_prompts, steps, args.batch, args.lr,
+                                           args.prior_steps or None)
+            entry = {"train_cpu_s": round(cpu, 1), "prior_cpu_s": round(prior_cpu, 1), "variant": VARIANTS[name],
+                     "lr": args.lr or VARIANTS[name]["lr"],
                      "teal": evaluate(run, test_prompts, out / f"eval-{name}-teal"),
                      "shipped": evaluate(run, shipped, out / f"eval-{name}-shipped")}
-            if name.startswith("lora"):
+            if VARIANTS[name]["lora"]:
                 entry["adapter_bytes"] = sum(f.stat().st_size for f in (Path(run) / "adapters").glob("*/adapter_model.safetensors"))
             state = json.loads((ckpt.find_checkpoint(Path(run) / "checkpoints") / "state.json").read_text())
             entry["steps_done"] = state["stage_steps"]
         (out / f"part-{name}.json").write_text(json.dumps(entry, indent=1) + "\n")
         print(json.dumps(entry), flush=True)
     if args.part == "all":
-        found = {"bundled": None, **{n: str(out / n) for n in ("lora", "lora-both", "full")}}
+        found = {"bundled": None, **{n: str(out / n) for n in VARIANTS}}
         (out / "part-base-teal.json").write_text(json.dumps({n: base_stage_teal(m, test_prompts)
                                                              for n, m in found.items()}) + "\n")
         report(out, Path(args.json) if not args.smoke else out / "finetune.json")
 
 
+def compare(parts: list[str], json_path: Path) -> None:
+    """Rows: fine-tunes from several benchmark folders (settings differ by folder); columns: what the targets ask."""
+    rows, results = [], {}
+    for spec in parts:
+        out, name = Path(spec).parent, Path(spec).name
+        before = json.loads((out / "part-before.json").read_text())["shipped"]["accuracy"]
+        e = json.loads((out / f"part-{name}.json").read_text())
+        kept = {k: e["shipped"]["accuracy"][k] / v for k, v in before.items() if v}
+        prior = sorted((out / name / "prior").glob("*.png")) if (out / name / "prior").is_dir() else []
+        setup = json.loads((out / name / "train_config.json").read_text())["init"]["prior"]
+        results[spec] = {**e, "kept": kept, "prior_images": len(prior),
+                         "prior_steps": setup["steps"] if setup else None, "before": before}
+        worst = min(kept, key=kept.get)
+        rows.append(f"| {name} | {e['lr']} | {len(prior)}" + (f" ({setup['steps'] or 'default'} steps)" if setup else "")
+                    + f" | {e['teal']['accuracy'].get('color', 0):.0%} | "
+                    + " | ".join(f"{kept[k]:.0%}" for k in ("shape", "count", "word", "color"))
+                    + f" | {worst} | {e['train_cpu_s']:.0f} + "
+                    + (f"{e['prior_cpu_s']:.0f}" if e["prior_cpu_s"] or not prior else "(the same images as above)")
+                    + " |")
+    head = ("| run | lr | prior images | teal read (>= 80%) | shape kept | count kept | word kept | color kept | "
+            "worst kept (>= 95%) | CPU s, train + prior |\n|---|---|---|---|---|---|---|---|---|---|")
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    print(head + "\n" + "\n".join(rows))
+
+
 def report(out: Path, json_path: Path) -> None:
     """Merge the parts into one JSON (targets checked) and print the README table."""
-    parts = {n: json.loads((out / f"part-{n}.json").read_text()) for n in ("before", "lora", "lora-both", "full")
+    parts = {n: json.loads((out / f"part-{n}.json").read_text()) for n in ("before", *VARIANTS)
              if (out / f"part-{n}.json").is_file()}
     before = parts["before"]
     results = {"setup": before.pop("setup"), "bundled": before}
-    for name in ("lora", "lora-both", "full"):
+    for name in VARIANTS:
         if name not in parts:
             continue
         e = parts[name]
@@ -255,7 +314,7 @@ def report(out: Path, json_path: Path) -> None:
                       "kept_95": all(r is None or r >= 0.95 for r in e["kept"].values()),
                       "cpu_600": e["train_cpu_s"] <= 600}
         results[name] = e
-    cols = [n for n in ("bundled", "lora", "lora-both", "full") if n in results]
+    cols = [n for n in ("bundled", *VARIANTS) if n in results]
     rows = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     rows.append("| teal read in held-out prompts (target >= 80%) | " +
                 " | ".join(f"{results[c]['teal']['accuracy'].get('color', 0):.0%}" for c in cols) + " |")
