@@ -97,6 +97,24 @@ def write_folder(items, folder: Path) -> None:
         (folder / f"{i:03d}.txt").write_text(text + "\n")
 
 
+def prior_captions(n: int, balanced: bool) -> list[str]:
+    """n random training captions (a world of its own seed) for the prior images. balanced: a count scene is
+    kept only if no other number of objects has been kept fewer times, so no number dominates the prior."""
+    from openimagen.data.shapes import STANDARD_HOLDOUT, ShapesWorld
+
+    world = ShapesWorld(resolution=64, size=max(64, 50 * n), seed=7, holdout=STANDARD_HOLDOUT)
+    captions, kept, i = [], {2: 0, 3: 0, 4: 0}, 0
+    while len(captions) < n:
+        scene, text = world.scene_and_caption(i)
+        i += 1
+        if balanced and scene.kind == "count":
+            if kept[scene.count] > min(kept.values()):
+                continue
+            kept[scene.count] += 1
+        captions.append(text)
+    return captions
+
+
 EVAL_STEPS = 10  # sampling steps per stage, for every evaluation and the prior images (the model's own: 25)
 
 
@@ -195,6 +213,8 @@ def main() -> None:
     ap.add_argument("--prior", type=int, default=16, help="prior-preservation images")
     ap.add_argument("--prior-steps", type=int, default=EVAL_STEPS,
                     help="sampling steps per stage of the prior images (0: the model's own defaults)")
+    ap.add_argument("--balanced-prior", action="store_true",
+                    help="prior captions with count scenes cycling through 2, 3, 4 objects (instead of as drawn)")
     ap.add_argument("--test", type=int, default=15, help="held-out teal prompts")
     ap.add_argument("--every", type=int, default=3, help="score every N-th shipped benchmark prompt")
     ap.add_argument("--threads", type=int, default=1)
@@ -217,7 +237,6 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     add_teal()
-    from openimagen.data.shapes import STANDARD_HOLDOUT, ShapesWorld
     from openimagen.evaluate.benchmark import load_benchmark_prompts
     from openimagen.train import checkpoint as ckpt
 
@@ -226,8 +245,7 @@ def main() -> None:
     if not (out / "teal-data").is_dir():
         write_folder(train_set, out / "teal-data")
     shipped = load_benchmark_prompts()[:: 10 if args.smoke else args.every]
-    world = ShapesWorld(resolution=64, size=max(64, args.prior), seed=7, holdout=STANDARD_HOLDOUT)
-    prior_prompts = [world.scene_and_caption(i)[1] for i in range(8 if args.smoke else args.prior)]
+    prior_prompts = prior_captions(8 if args.smoke else args.prior, args.balanced_prior)
     parts = ("before", *VARIANTS) if args.part == "all" else (args.part,)
 
     if args.part == "base-teal":  # every finished model's base stage alone, on the held-out teal prompts
@@ -257,6 +275,7 @@ def main() -> None:
             run, cpu, prior_cpu = finetune(name, out, out / "teal-data", prior_prompts, steps, args.batch, args.lr,
                                            args.prior_steps or None)
             entry = {"train_cpu_s": round(cpu, 1), "prior_cpu_s": round(prior_cpu, 1), "variant": VARIANTS[name],
+                     "balanced_prior": args.balanced_prior,
                      "lr": args.lr or VARIANTS[name]["lr"],
                      "teal": evaluate(run, test_prompts, out / f"eval-{name}-teal"),
                      "shipped": evaluate(run, shipped, out / f"eval-{name}-shipped")}
@@ -286,11 +305,13 @@ def compare(parts: list[str], json_path: Path) -> None:
         results[spec] = {**e, "kept": kept, "prior_images": len(prior),
                          "prior_steps": setup["steps"] if setup else None, "before": before}
         worst = min(kept, key=kept.get)
-        rows.append(f"| {name} | {e['lr']} | {len(prior)}" + (f" ({setup['steps'] or 'default'} steps)" if setup else "")
+        rows.append(f"| {name} | {e['lr']} | {len(prior)}" + (f" ({setup['steps'] or 'default'} steps"
+                                                              + (", counts balanced" if e.get("balanced_prior") else "")
+                                                              + ")" if setup else "")
                     + f" | {e['teal']['accuracy'].get('color', 0):.0%} | "
                     + " | ".join(f"{kept[k]:.0%}" for k in ("shape", "count", "word", "color"))
                     + f" | {worst} | {e['train_cpu_s']:.0f} + "
-                    + (f"{e['prior_cpu_s']:.0f}" if e["prior_cpu_s"] or not prior else "(the same images as above)")
+                    + (f"{e['prior_cpu_s']:.0f}" if e["prior_cpu_s"] or not prior else "(images shared with another run)")
                     + " |")
     head = ("| run | lr | prior images | teal read (>= 80%) | shape kept | count kept | word kept | color kept | "
             "worst kept (>= 95%) | CPU s, train + prior |\n|---|---|---|---|---|---|---|---|---|---|")
