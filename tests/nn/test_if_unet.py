@@ -195,6 +195,29 @@ def test_in_place_inference_path_equals_the_autograd_path(name):
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
 
 
+def test_attention_pooling_without_token_projections_equals_the_projected_form():
+    # if_blocks.AttentionPooling._one_query folds W_k into the query and W_v after the weighted sum; an adapter-
+    # wrapped (here: subclassed) projection takes the explicit path, which must give the same pooled vector
+    from openimagen.nn.if_blocks import AttentionPooling
+
+    class Wrapped(torch.nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    pool = AttentionPooling(128, 8)
+    x = torch.randn(3, 11, 128)
+    fast = pool(x)
+    for name in ("k_proj", "v_proj"):
+        old = getattr(pool, name)
+        new = Wrapped(128, 128)
+        new.load_state_dict(old.state_dict())
+        setattr(pool, name, new)
+    slow = pool(x)
+    assert fast.shape == (3, 128) and slow.abs().max() > 0.1
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    fast.square().sum().backward()  # the shortcut is differentiable (full fine-tunes train these weights)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     ours = IFUNet(IFUNetConfig.from_diffusers_config(DUMMY_I))
     ours.load_state_dict(diffusers_unet(DUMMY_I).state_dict())

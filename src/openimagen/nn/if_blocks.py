@@ -49,10 +49,35 @@ class AttentionPooling(nn.Module):
         cls = x.mean(dim=1, keepdim=True) + self.positional_embedding.to(x.dtype)  # (B, 1, D); all L tokens, no mask
         x = torch.cat([cls, x], dim=1)  # (B, 1+L, D)
         q = self.q_proj(cls).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, 1, d)
+        if type(self.k_proj) is nn.Linear and type(self.v_proj) is nn.Linear:  # not wrapped by an adapter
+            return self._one_query(q, x)
         k = self.k_proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, h, 1+L, d)
         v = self.v_proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
         a = F.scaled_dot_product_attention(q, k, v)  # (B, h, 1, d); scale 1/sqrt(d) as in IF
         return a.reshape(B, D)  # heads concatenated head-major
+
+    def _one_query(self, q: Tensor, x: Tensor) -> Tensor:
+        """The same attention without projecting every token to keys and values (2 x (1+L) x D x D multiply-adds,
+        ~10 GFLOP per forward at IF's D = 4096): with one query, q . (W_k x + b_k) = (W_k^T q) . x + q . b_k, and
+        q . b_k is the same for every token (kept only so b_k stays in the graph); sum_j a_j (W_v x_j + b_v) = W_v (sum_j a_j x_j)
+        + b_v because the weights a_j sum to 1. Equal to the projected form up to float rounding."""
+        B, _, D = x.shape
+        h = self.num_heads
+        d = D // h
+        wk = self.k_proj.weight.view(h, d, D)  # head i's rows of W_k
+        qk = torch.einsum("bhd,hdD->bhD", q[:, :, 0], wk)  # (B, h, D): W_k^T q per head
+        scores = torch.einsum("bhD,blD->bhl", qk, x)  # (B, h, 1+L)
+        if self.k_proj.bias is not None:
+            # q . b_k: one constant per head, so no effect on the softmax; added so that b_k stays in the graph
+            # (multi-process training wants every trained parameter used)
+            scores = scores + (q[:, :, 0] * self.k_proj.bias.view(h, d)).sum(-1, keepdim=True)
+        scores = scores * d**-0.5
+        a = scores.float().softmax(dim=-1).to(x.dtype)
+        pooled = torch.einsum("bhl,blD->bhD", a, x)  # (B, h, D): the attention-weighted token per head
+        out = torch.einsum("bhD,hdD->bhd", pooled, self.v_proj.weight.view(h, d, D))  # (B, h, d)
+        if self.v_proj.bias is not None:
+            out = out + self.v_proj.bias.view(h, d)
+        return out.reshape(B, D)  # heads concatenated head-major
 
 
 class TextTimeEmbedding(nn.Module):
