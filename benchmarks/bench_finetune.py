@@ -168,8 +168,55 @@ def shared_prior(out: Path, init, cfg_for_prior) -> tuple[Path, float]:
             time.sleep(5)
         return folder, 0.0
     t = time.process_time()
-    ensure_prior_images(cfg_for_prior, out, progress=False)
+    if PRIOR_SOURCE == "render":  # the renderer's images of the prior captions' scenes instead of the model's draws
+        render_prior(out, cfg_for_prior.init.prior.prompts)
+    else:
+        ensure_prior_images(cfg_for_prior, out, progress=False)
+        if PRIOR_SOURCE == "model-right":
+            drop_wrong_prior(folder)
     return folder, time.process_time() - t
+
+
+# Where the prior images come from (--prior-source): "model" (the bundled model draws them: prior preservation as
+# DreamBooth does it), "model-right" (those draws minus the ones the scorer reads wrong) or "render" (the shapes
+# world's own renders of the same captions: replaying training data). The last two are diagnostics of this benchmark.
+PRIOR_SOURCE = "model"
+
+
+def render_prior(out: Path, prompts) -> None:
+    from openimagen.data.shapes import STANDARD_HOLDOUT, ShapesWorld, render
+
+    world = ShapesWorld(resolution=64, size=max(64, 50 * len(prompts)), seed=7, holdout=STANDARD_HOLDOUT)
+    wanted, tmp, i = list(prompts), out / ".tmp-prior", 0
+    tmp.mkdir(parents=True, exist_ok=True)
+    scenes = {}
+    while len(scenes) < len(set(wanted)):  # the scenes prior_captions took these captions from
+        scene, text = world.scene_and_caption(i)
+        i += 1
+        if text in wanted:
+            scenes.setdefault(text, scene)
+    for k, text in enumerate(wanted):
+        render(scenes[text], 64).save(tmp / f"{k:04d}.png")
+        (tmp / f"{k:04d}.txt").write_text(text + "\n")
+    tmp.replace(out / "prior")
+
+
+def drop_wrong_prior(folder: Path) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from openimagen.evaluate.scorer import score_many
+
+    files = sorted(folder.glob("*.png"))
+    caps = [f.with_suffix(".txt").read_text().strip() for f in files]
+    ims = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 127.5 - 1)
+                       .permute(2, 0, 1) for f in files])
+    report = score_many(ims, caps)
+    for f, item in zip(files, report.items):
+        if not all(item["scores"].values()):
+            f.unlink()
+            f.with_suffix(".txt").unlink()
 
 
 def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], steps: int, batch: int,
@@ -213,6 +260,9 @@ def main() -> None:
     ap.add_argument("--prior", type=int, default=16, help="prior-preservation images")
     ap.add_argument("--prior-steps", type=int, default=EVAL_STEPS,
                     help="sampling steps per stage of the prior images (0: the model's own defaults)")
+    ap.add_argument("--prior-source", choices=("model", "model-right", "render"), default="model",
+                    help="the prior images: the model's draws (default), only those the scorer reads right, or the "
+                         "renderer's images of the same captions (diagnostics)")
     ap.add_argument("--balanced-prior", action="store_true",
                     help="prior captions with count scenes cycling through 2, 3, 4 objects (instead of as drawn)")
     ap.add_argument("--test", type=int, default=15, help="held-out teal prompts")
@@ -236,6 +286,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    global PRIOR_SOURCE
+    PRIOR_SOURCE = args.prior_source
     add_teal()
     from openimagen.evaluate.benchmark import load_benchmark_prompts
     from openimagen.train import checkpoint as ckpt
@@ -275,7 +327,7 @@ def main() -> None:
             run, cpu, prior_cpu = finetune(name, out, out / "teal-data", prior_prompts, steps, args.batch, args.lr,
                                            args.prior_steps or None)
             entry = {"train_cpu_s": round(cpu, 1), "prior_cpu_s": round(prior_cpu, 1), "variant": VARIANTS[name],
-                     "balanced_prior": args.balanced_prior,
+                     "balanced_prior": args.balanced_prior, "prior_source": args.prior_source,
                      "lr": args.lr or VARIANTS[name]["lr"],
                      "teal": evaluate(run, test_prompts, out / f"eval-{name}-teal"),
                      "shipped": evaluate(run, shipped, out / f"eval-{name}-shipped")}
@@ -305,9 +357,11 @@ def compare(parts: list[str], json_path: Path) -> None:
         results[spec] = {**e, "kept": kept, "prior_images": len(prior),
                          "prior_steps": setup["steps"] if setup else None, "before": before}
         worst = min(kept, key=kept.get)
-        rows.append(f"| {name} | {e['lr']} | {len(prior)}" + (f" ({setup['steps'] or 'default'} steps"
-                                                              + (", counts balanced" if e.get("balanced_prior") else "")
-                                                              + ")" if setup else "")
+        notes = [] if not setup else ["rendered, not drawn"] if e.get("prior_source") == "render" else \
+            [f"{setup['steps'] or 'default'} steps"] + (["only those read right"] if e.get("prior_source") == "model-right"
+                                                         else [])
+        notes += ["counts balanced"] if e.get("balanced_prior") else []
+        rows.append(f"| {name} | {e['lr']} | {len(prior)}" + (f" ({', '.join(notes)})" if notes else "")
                     + f" | {e['teal']['accuracy'].get('color', 0):.0%} | "
                     + " | ".join(f"{kept[k]:.0%}" for k in ("shape", "count", "word", "color"))
                     + f" | {worst} | {e['train_cpu_s']:.0f} + "
