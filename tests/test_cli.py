@@ -128,3 +128,19 @@ def test_evaluate_rejects_a_line_that_is_not_a_shapes_caption(trained, tmp_path,
     prompts.write_text("a red circle\na photo of a cat\n")
     code, err = run_cli(capsys, "evaluate", "--model", str(trained), "--prompts", str(prompts), "--out", str(tmp_path))
     one_line_error(code, err, "prompts.txt:2")
+
+
+def test_cli_makes_openmp_threads_sleep_unless_the_user_chose():
+    # cli.py sets OMP_WAIT_POLICY=PASSIVE before torch loads OpenMP (docs/decisions.md#omp-passive); a user's
+    # own value is kept
+    import os
+    import subprocess
+    import sys
+
+    code = "import openimagen.cli, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "PASSIVE"
+    got = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "ACTIVE"

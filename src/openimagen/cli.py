@@ -8,6 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+# OpenMP worker threads that spin while they wait make every sampling step 10-20x slower as soon as another
+# process holds a core, which is the common case on a laptop or a shared machine; sleeping instead costs ~10%
+# on an idle machine (docs/decisions.md#omp-passive). Set before torch loads its OpenMP runtime; a user's own
+# OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 DEFAULT_MODEL_HELP = "the small shapes-world cascade shipped inside the package"
 SAMPLER_NAMES = ["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m"]  # diffusion.SAMPLERS (tests check they agree; importing it costs torch)
 
