@@ -97,22 +97,23 @@ def write_folder(items, folder: Path) -> None:
         (folder / f"{i:03d}.txt").write_text(text + "\n")
 
 
-def prior_captions(n: int, balanced: bool) -> list[str]:
-    """n random training captions (a world of its own seed) for the prior images. balanced: a count scene is
-    kept only if no other number of objects has been kept fewer times, so no number dominates the prior."""
+def prior_scenes(n: int, balanced: bool) -> list:
+    """n random training scenes with their captions (a world of its own seed): the prior images' captions (and,
+    for --prior-source render, their scenes). balanced: a count scene is kept only if no other number of objects
+    has been kept fewer times, so no number dominates the prior."""
     from openimagen.data.shapes import STANDARD_HOLDOUT, ShapesWorld
 
     world = ShapesWorld(resolution=64, size=max(64, 50 * n), seed=7, holdout=STANDARD_HOLDOUT)
-    captions, kept, i = [], {2: 0, 3: 0, 4: 0}, 0
-    while len(captions) < n:
+    items, kept, i = [], {2: 0, 3: 0, 4: 0}, 0
+    while len(items) < n:
         scene, text = world.scene_and_caption(i)
         i += 1
         if balanced and scene.kind == "count":
             if kept[scene.count] > min(kept.values()):
                 continue
             kept[scene.count] += 1
-        captions.append(text)
-    return captions
+        items.append((scene, text))
+    return items
 
 
 EVAL_STEPS = 10  # sampling steps per stage, for every evaluation and the prior images (the model's own: 25)
@@ -155,9 +156,13 @@ VARIANTS = {
 }
 
 
-def shared_prior(out: Path, init, cfg_for_prior) -> tuple[Path, float]:
-    """out/prior: the prior images, drawn once by whichever part gets there first (the others wait and copy
-    them); returns the folder and the CPU seconds this process spent drawing (0 when another drew them)."""
+def shared_prior(out: Path, cfg_for_prior, scenes: list, source: str) -> tuple[Path, float]:
+    """out/prior: the prior images, made once by whichever part gets there first (the others wait and copy
+    them); returns the folder and the CPU seconds this process spent making them (0 when another made them).
+
+    source: "model" (the bundled model draws them: prior preservation as DreamBooth does it), "model-right" (those
+    draws minus the ones the scorer reads wrong) or "render" (the shapes world's own renders of the same scenes:
+    replaying training data). The last two are diagnostics of this benchmark (--prior-source)."""
     from openimagen.train.finetune import ensure_prior_images
 
     folder, lock = out / "prior", out / ".prior-lock"
@@ -168,60 +173,36 @@ def shared_prior(out: Path, init, cfg_for_prior) -> tuple[Path, float]:
             time.sleep(5)
         return folder, 0.0
     t = time.process_time()
-    if PRIOR_SOURCE == "render":  # the renderer's images of the prior captions' scenes instead of the model's draws
-        render_prior(out, cfg_for_prior.init.prior.prompts)
+    if source == "render":
+        write_folder(scenes, out / ".tmp-prior")
+        (out / ".tmp-prior").replace(folder)
     else:
         ensure_prior_images(cfg_for_prior, out, progress=False)
-        if PRIOR_SOURCE == "model-right":
+        if source == "model-right":
             drop_wrong_prior(folder)
     return folder, time.process_time() - t
 
 
-# Where the prior images come from (--prior-source): "model" (the bundled model draws them: prior preservation as
-# DreamBooth does it), "model-right" (those draws minus the ones the scorer reads wrong) or "render" (the shapes
-# world's own renders of the same captions: replaying training data). The last two are diagnostics of this benchmark.
-PRIOR_SOURCE = "model"
-
-
-def render_prior(out: Path, prompts) -> None:
-    from openimagen.data.shapes import STANDARD_HOLDOUT, ShapesWorld, render
-
-    world = ShapesWorld(resolution=64, size=max(64, 50 * len(prompts)), seed=7, holdout=STANDARD_HOLDOUT)
-    wanted, tmp, i = list(prompts), out / ".tmp-prior", 0
-    tmp.mkdir(parents=True, exist_ok=True)
-    scenes = {}
-    while len(scenes) < len(set(wanted)):  # the scenes prior_captions took these captions from
-        scene, text = world.scene_and_caption(i)
-        i += 1
-        if text in wanted:
-            scenes.setdefault(text, scene)
-    for k, text in enumerate(wanted):
-        render(scenes[text], 64).save(tmp / f"{k:04d}.png")
-        (tmp / f"{k:04d}.txt").write_text(text + "\n")
-    tmp.replace(out / "prior")
-
-
 def drop_wrong_prior(folder: Path) -> None:
-    import numpy as np
     import torch
-    from PIL import Image
 
     from openimagen.evaluate.scorer import score_many
+    from openimagen.images import load_image
 
     files = sorted(folder.glob("*.png"))
     caps = [f.with_suffix(".txt").read_text().strip() for f in files]
-    ims = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 127.5 - 1)
-                       .permute(2, 0, 1) for f in files])
-    report = score_many(ims, caps)
+    report = score_many(torch.cat([load_image(f) for f in files]), caps)
     for f, item in zip(files, report.items):
         if not all(item["scores"].values()):
             f.unlink()
             f.with_suffix(".txt").unlink()
 
 
-def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], steps: int, batch: int,
-             lr: str | None = None, prior_steps: int | None = EVAL_STEPS) -> tuple[str, float, float]:
-    """Train variant `name`; returns the run folder, its training CPU seconds and the prior-drawing CPU seconds."""
+def finetune(name: str, out: Path, data: Path, prior: list, steps: int, batch: int, lr: str | None = None,
+             prior_steps: int | None = EVAL_STEPS, prior_source: str = "model") -> tuple[str, float, float]:
+    """Train variant `name` (prior: prior_scenes' (scene, caption) pairs); returns the run folder, its training
+    CPU seconds and the prior-making CPU seconds."""
+    prior_prompts = [text for _, text in prior]
     from openimagen.lora import LoraConfig
     from openimagen.train import train
     from openimagen.train.config import InitConfig, PriorConfig
@@ -243,8 +224,8 @@ def finetune(name: str, out: Path, data: Path, prior_prompts: list[str], steps: 
     run = out / name
     prior_cpu = 0.0
     if init.prior is not None:
-        prior, prior_cpu = shared_prior(out, init, cfg)
-        shutil.copytree(prior, run / "prior")
+        folder, prior_cpu = shared_prior(out, cfg, prior, prior_source)
+        shutil.copytree(folder, run / "prior")
     t = time.process_time()
     train(cfg, run, progress=False)
     cpu = time.process_time() - t
@@ -286,8 +267,6 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    global PRIOR_SOURCE
-    PRIOR_SOURCE = args.prior_source
     add_teal()
     from openimagen.evaluate.benchmark import load_benchmark_prompts
     from openimagen.train import checkpoint as ckpt
@@ -297,7 +276,7 @@ def main() -> None:
     if not (out / "teal-data").is_dir():
         write_folder(train_set, out / "teal-data")
     shipped = load_benchmark_prompts()[:: 10 if args.smoke else args.every]
-    prior_prompts = prior_captions(8 if args.smoke else args.prior, args.balanced_prior)
+    prior = prior_scenes(8 if args.smoke else args.prior, args.balanced_prior)
     parts = ("before", *VARIANTS) if args.part == "all" else (args.part,)
 
     if args.part == "base-teal":  # every finished model's base stage alone, on the held-out teal prompts
@@ -314,7 +293,7 @@ def main() -> None:
             print("before (the bundled model):", flush=True)
             entry = {"teal": evaluate(None, test_prompts, out / "eval-before-teal"),
                      "shipped": evaluate(None, shipped, out / "eval-before-shipped")}
-            entry["setup"] = {"train_images": len(train_set), "prior_images": len(prior_prompts), "steps": steps,
+            entry["setup"] = {"train_images": len(train_set), "prior_images": len(prior), "steps": steps,
                               "batch_size": args.batch, "eval_steps_per_stage": EVAL_STEPS,
                               "shipped_prompts": f"every {args.every}th of benchmark_prompts.txt ({len(shipped)})",
                               "teal_rgb": TEAL, "held_out_prompts": test_prompts,
@@ -324,8 +303,8 @@ def main() -> None:
             print(f"fine-tune: {name}", flush=True)
             if (out / name).exists():
                 shutil.rmtree(out / name)
-            run, cpu, prior_cpu = finetune(name, out, out / "teal-data", prior_prompts, steps, args.batch, args.lr,
-                                           args.prior_steps or None)
+            run, cpu, prior_cpu = finetune(name, out, out / "teal-data", prior, steps, args.batch, args.lr,
+                                           args.prior_steps or None, args.prior_source)
             entry = {"train_cpu_s": round(cpu, 1), "prior_cpu_s": round(prior_cpu, 1), "variant": VARIANTS[name],
                      "balanced_prior": args.balanced_prior, "prior_source": args.prior_source,
                      "lr": args.lr or VARIANTS[name]["lr"],

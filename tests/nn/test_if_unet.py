@@ -180,7 +180,7 @@ def test_odd_sizes_upsample_to_the_skip_size():
 @pytest.mark.parametrize("name", ["dummy_I", "small_II"])
 def test_in_place_inference_path_equals_the_autograd_path(name):
     # without autograd the resnets reuse their buffers and pick the memory layout per level
-    # (if_blocks.ResnetBlock, _layout); the values must not change beyond float rounding (other convolution
+    # (if_blocks.ResnetBlock, sampling_layout); the values must not change beyond float rounding (other convolution
     # kernels), and the caller's tensors must not be written to
     kw = TINY[name]
     ours = IFUNet(IFUNetConfig.from_diffusers_config(kw))

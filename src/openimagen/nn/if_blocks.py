@@ -58,19 +58,19 @@ class AttentionPooling(nn.Module):
 
     def _one_query(self, q: Tensor, x: Tensor) -> Tensor:
         """The same attention without projecting every token to keys and values (2 x (1+L) x D x D multiply-adds,
-        ~10 GFLOP per forward at IF's D = 4096): with one query, q . (W_k x + b_k) = (W_k^T q) . x + q . b_k, and
-        q . b_k is the same for every token (kept only so b_k stays in the graph); sum_j a_j (W_v x_j + b_v) = W_v (sum_j a_j x_j)
-        + b_v because the weights a_j sum to 1. Equal to the projected form up to float rounding."""
+        ~10 GFLOP per forward at IF's D = 4096). With one query, q . (W_k x + b_k) = (W_k^T q) . x + q . b_k, where
+        q . b_k is the same for every token; and sum_j a_j (W_v x_j + b_v) = W_v (sum_j a_j x_j) + b_v because the
+        weights a_j sum to 1. Equal to the projected form up to float rounding."""
         B, _, D = x.shape
         h = self.num_heads
         d = D // h
-        wk = self.k_proj.weight.view(h, d, D)  # head i's rows of W_k
-        qk = torch.einsum("bhd,hdD->bhD", q[:, :, 0], wk)  # (B, h, D): W_k^T q per head
+        q = q[:, :, 0]  # (B, h, d)
+        qk = torch.einsum("bhd,hdD->bhD", q, self.k_proj.weight.view(h, d, D))  # (B, h, D): W_k^T q per head
         scores = torch.einsum("bhD,blD->bhl", qk, x)  # (B, h, 1+L)
         if self.k_proj.bias is not None:
             # q . b_k: one constant per head, so no effect on the softmax; added so that b_k stays in the graph
             # (multi-process training wants every trained parameter used)
-            scores = scores + (q[:, :, 0] * self.k_proj.bias.view(h, d)).sum(-1, keepdim=True)
+            scores = scores + (q * self.k_proj.bias.view(h, d)).sum(-1, keepdim=True)
         scores = scores * d**-0.5
         a = scores.float().softmax(dim=-1).to(x.dtype)
         pooled = torch.einsum("bhl,blD->bhD", a, x)  # (B, h, D): the attention-weighted token per head
@@ -124,8 +124,8 @@ class ResnetBlock(nn.Module):
         # Without autograd (sampling) the activations, the FiLM and the residual add run in place on buffers
         # this block owns: the same values, one full-size temporary fewer per step (work-peak memory).
         inplace = not torch.is_grad_enabled()
-        if inplace and x.device.type == "cpu":  # conv1 sees 4x the pixels after "up", a quarter after "down"
-            x = _layout(x, self.conv1.weight, {"up": 4.0, "down": 0.25}.get(self.resample, 1.0))
+        # conv1 sees 4x the pixels after "up", a quarter after "down"
+        x = sampling_layout(x, self.conv1.weight, {"up": 4.0, "down": 0.25}.get(self.resample, 1.0))
         h = _gelu(self.norm1(x), inplace)  # (B, Cin, H, W)
         if self.resample == "up":  # nearest x2, or to `size` so odd skip sizes still line up
             x = _upsample(x, size)
@@ -146,14 +146,17 @@ class ResnetBlock(nn.Module):
         return out
 
 
-def _layout(x: Tensor, weight: Tensor, scale: float = 1.0) -> Tensor:
-    """The memory layout of a resnet's activations for sampling on the CPU: the one whose convolutions copy less.
+def sampling_layout(x: Tensor, weight: Tensor, scale: float = 1.0) -> Tensor:
+    """x in the memory layout whose convolution with `weight` copies less, when sampling on the CPU (no autograd);
+    x as it is otherwise (training keeps NCHW: docs/decisions.md#nchw).
 
     oneDNN convolves blocked tensors. From NCHW it first copies the input into its blocked layout; from
     channels_last (NHWC) it reads the input as it is, but PyTorch first copies the NCHW weight to NHWC. So
     high-resolution levels (activations larger than the weights) run channels_last and the deep levels NCHW:
     the largest temporary of a forward goes, and the work-peak memory with it
     (docs/decisions.md#if-memory-layout). Values agree with NCHW to float rounding."""
+    if x.device.type != "cpu" or torch.is_grad_enabled():
+        return x
     if x.numel() * scale > weight.numel():  # scale: the conv's input size over x's (resampling in between)
         return x.contiguous(memory_format=torch.channels_last)
     return x.contiguous()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .if_blocks import DownBlock, MidBlock, TextTimeEmbedding, TimestepEmbedding, UpBlock, _layout
+from .if_blocks import DownBlock, MidBlock, TextTimeEmbedding, TimestepEmbedding, UpBlock, sampling_layout
 from .layers import timestep_embedding  # the same [cos, sin] sinusoid diffusers uses for IF (flip_sin_to_cos, shift 0)
 
 DOWN_TYPES = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}  # name -> has attention
@@ -316,8 +316,7 @@ class IFUNet(nn.Module):
         ctx = self.encoder_hid_proj(encoder_hidden_states) if self.encoder_hid_proj is not None \
             else encoder_hidden_states  # (B, L, cross_attention_dim)
 
-        if sample.device.type == "cpu" and not torch.is_grad_enabled():
-            sample = _layout(sample, self.conv_in.weight)  # sampling: the layout whose convolution copies less
+        sample = sampling_layout(sample, self.conv_in.weight)  # on the CPU without autograd: NHWC or NCHW
         h = self.conv_in(sample)  # (B, C0, H, W)
         skips = [h]
         for block in self.down_blocks:
@@ -333,7 +332,7 @@ class IFUNet(nn.Module):
                     _up_from_tensors, block, res_emb, ctx, size, h, *taken, use_reentrant=False)
             else:
                 h = block(h, skips, res_emb, ctx, size)  # pops its k skips: each is freed once used
-        return self.conv_out(F.gelu(self.conv_norm_out(h))).contiguous()  # (B, out, H, W); NCHW (see if_blocks._layout)
+        return self.conv_out(F.gelu(self.conv_norm_out(h))).contiguous()  # (B, out, H, W); NCHW (see if_blocks.sampling_layout)
 
     def _checkpointing(self) -> bool:
         return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
