@@ -8,6 +8,8 @@ weights are written once in the diffusers format; each side then loads the same 
 
 Two workloads, batch 1 prompt (2 with classifier-free guidance), 64x64, 77 text tokens:
 - `unet_forward`: one U-Net call on a (2, 3, 64, 64) input;
+- `unet_forward_compiled`: the same call through `torch.compile` (inductor, default mode) on both sides; the
+  first call (the compile) is timed apart (`first_call_s`), the median is of the calls after it;
 - `stage1_sample`: a whole stage-I sample, 10 DDPM steps, guidance 7, dynamic thresholding (precomputed T5
   embeddings on both sides, so the text encoder is not part of it).
 
@@ -81,6 +83,9 @@ def child(side: str, workload: str, folder: str, dtype_name: str, repeats: int, 
     torch.set_num_threads(threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     x, text = _inputs(torch, dtype)
+    # "unet_forward_compiled": the same forward through torch.compile (inductor, default mode) on both sides
+    compiled = workload.endswith("_compiled")
+    workload = workload.removesuffix("_compiled")
     if side == "ours":
         sys.path.insert(0, str(ROOT / "src"))
         from openimagen.checkpoints.deepfloyd_if import load_stage
@@ -92,7 +97,8 @@ def child(side: str, workload: str, folder: str, dtype_name: str, repeats: int, 
         encoder = PrecomputedEncoder({"": (text[0].float(), mask), "p": (text[1].float(), mask)})
         cascade = Cascade(encoder, [stage])
         if workload == "unet_forward":
-            run = lambda: stage.unet(x, torch.tensor([500.0, 500.0]), text)
+            net = torch.compile(stage.unet) if compiled else stage.unet
+            run = lambda: net(x, torch.tensor([500.0, 500.0]), text)
         else:
             run = lambda: cascade.generate("p", steps=STEPS, guidance=GUIDANCE, seed=0, progress=False)
     else:
@@ -105,14 +111,17 @@ def child(side: str, workload: str, folder: str, dtype_name: str, repeats: int, 
                           requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         if workload == "unet_forward":
-            run = lambda: unet(x, torch.tensor([500, 500]), encoder_hidden_states=text).sample
+            net = torch.compile(unet) if compiled else unet
+            run = lambda: net(x, torch.tensor([500, 500]), encoder_hidden_states=text).sample
         else:
             run = lambda: pipe(prompt_embeds=text[1:], negative_prompt_embeds=text[:1], num_inference_steps=STEPS,
                                guidance_scale=GUIDANCE, generator=torch.Generator().manual_seed(0),
                                output_type="pt").images
     times = []
     with torch.inference_mode():
-        run()  # warm-up; also pages in weights that safetensors mapped lazily
+        t0 = time.perf_counter()
+        run()  # warm-up (and the compile, when compiled); also pages in weights that safetensors mapped lazily
+        first = time.perf_counter() - t0
         gc.collect()
         base = _status("VmRSS")
         _reset_peak()
@@ -121,7 +130,8 @@ def child(side: str, workload: str, folder: str, dtype_name: str, repeats: int, 
             run()
             times.append(time.perf_counter() - t0)
         work_peak = _status("VmHWM") - base
-    return {"side": side, "workload": workload, "dtype": dtype_name, "times_s": times,
+    return {"side": side, "workload": workload + ("_compiled" if compiled else ""), "dtype": dtype_name,
+            "times_s": times, "first_call_s": first,
             "work_peak_mb": work_peak, "peak_rss_mb": _status("VmHWM"),
             "params": sum(p.numel() for p in (stage.unet if side == "ours" else unet).parameters())}
 
@@ -145,7 +155,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating subprocess rounds per side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default="fp32:unet_forward,fp32:stage1_sample,bf16:unet_forward",
-                    help="dtype:workload pairs (workloads: unet_forward, stage1_sample; dtypes: fp32, bf16)")
+                    help="dtype:workload pairs (workloads: unet_forward, unet_forward_compiled, stage1_sample; "
+                         "dtypes: fp32, bf16)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "deepfloyd.json"))
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -175,7 +186,8 @@ def main() -> None:
                     times = [t for r in rs for t in r["times_s"]]
                     row = {"side": side, "workload": workload, "dtype": dtype, "median_s": statistics.median(times),
                            "times_s": times, "work_peak_mb": max(r["work_peak_mb"] for r in rs),
-                           "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "params": rs[0]["params"]}
+                           "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "params": rs[0]["params"],
+                           "first_call_s": [r["first_call_s"] for r in rs]}
                     results.append(row)
                     print(f"{dtype:5s} {workload:14s} {side:10s} {row['median_s']:8.3f} s  "
                           f"work peak {row['work_peak_mb']:7.1f} MB  process peak {row['peak_rss_mb']:7.1f} MB",

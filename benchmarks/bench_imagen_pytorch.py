@@ -96,7 +96,7 @@ class PeerProcess:
 class Ours:
     def __init__(self, args):
         from openimagen.stage import Stage
-        from openimagen.train.loop import stage_loss
+        from openimagen.train.loop import adamw, stage_loss
         from openimagen.train.presets import TRAIN_PRESETS
 
         torch.manual_seed(args.seed)
@@ -106,8 +106,7 @@ class Ours:
         self.unet = self.stage.unet
         unzero_(self.unet, args.seed)
         o = self.cfg.optim
-        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                     weight_decay=o.weight_decay)
+        self.opt = adamw(list(self.unet.parameters()), o, torch.device("cpu"))  # the trainer's optimiser
         g = torch.Generator().manual_seed(args.seed + 1)
         B, L, D, R = args.batch, args.text_len, self.unet.cfg.text_embed_dim, self.stage.resolution
         self.images = {R: torch.rand(B, 3, R, R, generator=g) * 2 - 1}

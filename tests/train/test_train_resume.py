@@ -2,6 +2,7 @@
 weights of a run never killed, bit for bit; damaged checkpoints are skipped, never loaded."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -204,3 +205,39 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
         n(x).square().sum().backward()
         o.step()
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), net2.parameters()))
+
+
+def test_fused_adamw_on_cpu_and_resume_keeps_the_checkpoints_implementation():
+    from types import SimpleNamespace
+
+    from openimagen.train.loop import adamw
+
+    o = SimpleNamespace(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+
+    def net_and_step(opt_for):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        opt = opt_for(list(net.parameters()))
+        for _ in range(2):
+            net(torch.randn(5, 3)).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return net, opt
+
+    fused_net, fused_opt = net_and_step(lambda ps: adamw(ps, o, torch.device("cpu")))
+    assert fused_opt.param_groups[0]["fused"] is True
+    loop_net, loop_opt = net_and_step(lambda ps: torch.optim.AdamW(ps, lr=o.lr, betas=o.betas, eps=o.eps,
+                                                                    weight_decay=o.weight_decay))
+    # the same update up to float rounding
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(fused_net.parameters(), loop_net.parameters()))
+
+    # a checkpoint written by the per-tensor loop resumes as the loop, bit for bit, in a fused-by-default optimiser
+    resumed_net = copy.deepcopy(loop_net)
+    resumed = adamw(list(resumed_net.parameters()), o, torch.device("cpu"))
+    resumed.load_state_dict(copy.deepcopy(loop_opt.state_dict()))
+    assert not resumed.param_groups[0]["fused"]
+    x = torch.randn(5, 3)
+    for n, opt in ((loop_net, loop_opt), (resumed_net, resumed)):
+        n(x).square().sum().backward()
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(loop_net.parameters(), resumed_net.parameters()))
