@@ -203,7 +203,9 @@ class AddedKVAttention(nn.Module):
         B, C, H, W = x.shape
         if self.norm_cross is not None:  # GroupNorm over text channels, per token
             ctx = self.norm_cross(ctx.transpose(1, 2)).transpose(1, 2)
-        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, HW, C), a view
+        # (B, HW, C) made contiguous once: a view of NCHW is strided, and each projection below would copy it
+        # again (three copies per call); from channels_last it is contiguous already and nothing is copied
+        h = self.group_norm(x).flatten(2).transpose(1, 2).contiguous()
         q = self.to_q(h)
         k = self.add_k_proj(ctx)  # (B, L, C)
         v = self.add_v_proj(ctx)
