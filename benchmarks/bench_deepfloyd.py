@@ -9,7 +9,8 @@ weights are written once in the diffusers format; each side then loads the same 
 Two workloads, batch 1 prompt (2 with classifier-free guidance), 64x64, 77 text tokens:
 - `unet_forward`: one U-Net call on a (2, 3, 64, 64) input;
 - `unet_forward_compiled`: the same call through `torch.compile` (inductor, default mode) on both sides; the
-  first call (the compile) is timed apart (`first_call_s`), the median is of the calls after it;
+  first call (the compile) is timed apart (`first_call_s`: cold in each side's first process, from the inductor
+  cache this invocation fills in later ones), the median is of the calls after it;
 - `stage1_sample`: a whole stage-I sample, 10 DDPM steps, guidance 7, dynamic thresholding (precomputed T5
   embeddings on both sides, so the text encoder is not part of it).
 
@@ -171,13 +172,16 @@ def main() -> None:
         write_weights(folder)
         for pair in args.runs.split(","):
                 dtype, workload = pair.split(":")
-                repeats = args.repeats if workload == "unet_forward" else args.sample_repeats
+                repeats = args.repeats if workload.startswith("unet_forward") else args.sample_repeats
                 runs = {"ours": [], "diffusers": []}
                 for _ in range(args.rounds):
                     for side in ("ours", "diffusers"):
                         cmd = [sys.executable, __file__, "--child", side, workload, str(folder), dtype,
                                str(repeats), str(args.threads)]
-                        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MALLOC_MMAP_THRESHOLD_="65536")
+                        # one inductor cache for this invocation: each side's first compile is cold, later ones
+                        # warm, whatever earlier runs left in the user's cache
+                        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MALLOC_MMAP_THRESHOLD_="65536",
+                                   TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor-cache"))
                         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                         if proc.returncode:
                             sys.exit(f"{side} {workload} {dtype} failed:\n{proc.stderr[-3000:]}")

@@ -25,6 +25,10 @@ def add_init_options(p: argparse.ArgumentParser) -> None:
     f.add_argument("--prior-prompts", default=None, metavar="FILE",
                    help="prior preservation: a text file of class prompts (one a line) the model draws and keeps")
     f.add_argument("--prior-images", type=int, default=64, help="how many prior images to draw (default 64)")
+    f.add_argument("--replay", default=None, metavar="FOLDER",
+                   help="images with captions (NAME.png + NAME.txt) of the data to keep, e.g. some of the model's "
+                        "own training set, mixed in as they are; kept the bundled model's skills better than "
+                        "--prior-prompts (benchmarks/README.md)")
 
 
 def train_stages_from_args(args) -> tuple[int, ...] | None:
@@ -44,8 +48,8 @@ def init_from_args(args):
     lora_opts = (args.lora_alpha is not None or args.lora_targets or args.lora_convs or args.lora_dropout or args.merge)
     if args.init is None:
         if (args.init_sr or args.lora_rank is not None or lora_opts or args.gradient_checkpointing
-                or args.caption or args.prior_prompts):
-            raise ValueError("--init-sr, --lora-*, --caption, --prior-* and --gradient-checkpointing "
+                or args.caption or args.prior_prompts or args.replay):
+            raise ValueError("--init-sr, --lora-*, --caption, --prior-*, --replay and --gradient-checkpointing "
                              "fine-tune a model: "
                              "give --init MODEL (e.g. --init bundled)")
         return None
@@ -67,8 +71,12 @@ def init_from_args(args):
         prompts = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
         prior = PriorConfig(prompts=prompts, num_images=args.prior_images)
 
+    if args.replay is not None and not Path(args.replay).is_dir():
+        raise FileNotFoundError(f"--replay {args.replay}: no such folder; give a folder of images with captions "
+                                "(NAME.png + NAME.txt), e.g. some of the data the model was trained on")
+
     def absolute(name):  # a local folder as an absolute path, so the run folder loads from anywhere
         return str(Path(name).resolve()) if name not in (None, "bundled") and Path(name).exists() else name
     return InitConfig(model=absolute(args.init), sr=absolute(args.init_sr), train=train, lora=lora,
                       gradient_checkpointing=args.gradient_checkpointing, merge=args.merge, caption=args.caption,
-                      prior=prior)
+                      prior=prior, replay=str(Path(args.replay).resolve()) if args.replay else None)

@@ -212,3 +212,51 @@ def test_adapters_scale_stack_and_merge_into_the_weights(init_model, tmp_path):
     merge_adapters(one.stages[0].unet)
     assert not any(".lora_" in n or "base_layer" in n for n in one.stages[0].unet.state_dict())
     assert torch.allclose(_out(one.stages[0]), want, atol=1e-5)  # merged = adapted
+
+
+def _image_folder(folder, captions, color):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, c in enumerate(captions):
+        Image.new("RGB", (16, 16), color).save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text(c + "\n")
+    return folder
+
+
+def test_prior_and_replay_images_follow_the_subject_with_their_own_captions(init_model, tmp_path):
+    from openimagen.data.folders import ImageCaptionFolder
+    from openimagen.train.config import PriorConfig
+    from openimagen.train.finetune import with_subject
+
+    subject = ImageCaptionFolder(_image_folder(tmp_path / "subject", ["s0", "s1", "s2"], (255, 0, 0)), 16)
+    _image_folder(tmp_path / "run" / "prior", ["p0"], (0, 255, 0))  # as ensure_prior_images leaves it
+    replay = _image_folder(tmp_path / "old", ["r0", "r1"], (0, 0, 255))
+    init = InitConfig(str(init_model), caption="a photo of sks", prior=PriorConfig(prompts=("p",), num_images=1),
+                      replay=str(replay))
+    cfg = finetune_config(init, "shapes-tiny", None, TINY_OVERRIDES)
+    ds = with_subject(cfg, subject, tmp_path / "run")
+    assert len(ds) == 6
+    assert ds.captions == ["a photo of sks"] * 3 + ["p0", "r0", "r1"]
+    items = [ds[i] for i in range(6)]
+    assert [it["caption"] for it in items] == ds.captions
+    # the images are the folders' own: red subject, green prior, blue replay (channel means in [-1, 1])
+    means = [it["image"].mean(dim=(1, 2)) for it in items]
+    assert all(m[0] > 0.9 for m in means[:3]) and means[3][1] > 0.9 and all(m[2] > 0.9 for m in means[4:])
+    with pytest.raises(IndexError):
+        ds[6]
+
+    gone = InitConfig(str(init_model), replay=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="init.replay: .*nope is not a folder"):
+        with_subject(finetune_config(gone, "shapes-tiny", None, TINY_OVERRIDES), subject, tmp_path / "run")
+
+
+def test_cli_replay_of_a_missing_folder_or_without_init_is_one_line(tmp_path, capsys):
+    from openimagen.cli import main
+
+    assert main(["train", "--preset", "shapes-tiny", "--replay", str(tmp_path), "--out", str(tmp_path / "a")]) == 2
+    assert "--replay" in capsys.readouterr().err
+    assert main(["train", "--init", "bundled", "--replay", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--replay" in err and "no such folder" in err and len(err.splitlines()) == 1

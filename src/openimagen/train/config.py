@@ -151,6 +151,9 @@ class InitConfig:
     merge: bool = False                 # LoRA: also publish out_dir/model with the adapters merged in
     caption: str | None = None          # every training image gets this caption ("a photo of sks dog")
     prior: PriorConfig | None = None    # prior preservation: the starting model's own images, mixed in
+    replay: str | None = None           # a folder of images + captions of the data to keep (e.g. some of the
+                                        # original training set), mixed in as they are: on the bundled model it
+                                        # kept every attribute where drawn prior images did not (docs/decisions.md#replay)
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
@@ -160,6 +163,8 @@ class InitConfig:
             raise ConfigError(f"init.train={self.train!r} must be a non-empty list of stage indices (0 = the base)")
         if self.merge and self.lora is None:
             raise ConfigError("init.merge merges LoRA adapters; it needs init.lora")
+        if self.replay is not None and (not isinstance(self.replay, str) or not self.replay):
+            raise ConfigError(f"init.replay={self.replay!r} must be a folder of images with captions")
 
 
 @dataclass(frozen=True)

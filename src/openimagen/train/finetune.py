@@ -261,44 +261,58 @@ def memory_estimate(cfg: TrainConfig, stages: list[Stage]) -> str:
 
 
 class _Subject(torch.utils.data.Dataset):
-    """The training images (each with `caption` when one is given) followed by the prior images."""
+    """The training images (each with `caption` when one is given), followed by the kept images: the prior
+    images, then the replayed ones (each set as it is, with its own captions)."""
 
-    def __init__(self, subject, caption: str | None, prior=None):
-        self.subject, self.caption, self.prior = subject, caption, prior
+    def __init__(self, subject, caption: str | None, kept: list):
+        self.subject, self.caption, self.kept = subject, caption, kept
         self.n = len(subject)
 
     def __len__(self) -> int:
-        return self.n + (len(self.prior) if self.prior is not None else 0)
+        return self.n + sum(len(d) for d in self.kept)
 
     @property
     def captions(self) -> list[str]:
         own = [self.caption] * self.n if self.caption is not None else list(self.subject.captions)
-        return own + (list(self.prior.captions) if self.prior is not None else [])
+        return own + [c for d in self.kept for c in d.captions]
 
     def set_epoch(self, epoch: int) -> None:
-        for d in (self.subject, self.prior):
+        for d in (self.subject, *self.kept):
             if hasattr(d, "set_epoch"):
                 d.set_epoch(epoch)
 
     def __getitem__(self, i: int) -> dict:
         if i >= self.n:
-            return self.prior[i - self.n]
+            i -= self.n
+            for d in self.kept:
+                if i < len(d):
+                    return d[i]
+                i -= len(d)
+            raise IndexError(i)
         item = self.subject[i]
         return {"image": item["image"], "caption": self.caption if self.caption is not None else item["caption"]}
 
 
 def with_subject(cfg: TrainConfig, dataset, out: Path):
-    """The run's dataset with init.caption applied and init.prior's images mixed in (as is without either)."""
-    if cfg.init is None or (cfg.init.caption is None and cfg.init.prior is None):
+    """The run's dataset with init.caption applied and init.prior's and init.replay's images mixed in (as is
+    without any of them)."""
+    init = cfg.init
+    if init is None or (init.caption is None and init.prior is None and init.replay is None):
         return dataset
     if not hasattr(dataset, "captions") or not hasattr(dataset, "__len__"):
-        raise ValueError("init.caption / init.prior need a map-style dataset (shapes or a folder), not tar shards")
-    prior = None
-    if cfg.init.prior is not None:
-        from ..data.folders import ImageCaptionFolder
+        raise ValueError("init.caption / init.prior / init.replay need a map-style dataset (shapes or a folder), "
+                         "not tar shards")
+    from ..data.folders import ImageCaptionFolder
 
-        prior = ImageCaptionFolder(Path(out) / "prior", max(cfg.resolutions), verify=True, seed=cfg.data.seed)
-    return _Subject(dataset, cfg.init.caption, prior)
+    kept = []
+    if init.prior is not None:
+        kept.append(ImageCaptionFolder(Path(out) / "prior", max(cfg.resolutions), verify=True, seed=cfg.data.seed))
+    if init.replay is not None:
+        if not Path(init.replay).is_dir():
+            raise FileNotFoundError(f"init.replay: {init.replay} is not a folder; give a folder of images with "
+                                    "captions (NAME.png + NAME.txt) of the data the model should keep")
+        kept.append(ImageCaptionFolder(Path(init.replay), max(cfg.resolutions), verify=True, seed=cfg.data.seed))
+    return _Subject(dataset, init.caption, kept)
 
 
 def ensure_prior_images(cfg: TrainConfig, out: Path, progress: bool = True) -> None:
