@@ -188,6 +188,9 @@ class Cascade(torch.nn.Module):
             bar = _progress(len(ts), f"stage {i} ({h}x{w}px)", progress)
 
             def report(step, i=i, bar=bar):
+                if bar.total != step.num_steps:  # img2img runs only the last part of the schedule
+                    bar.total = step.num_steps
+                    bar.refresh()
                 bar.update(1)
                 return None if callback is None else callback(dataclasses.replace(step, stage=i))
 
