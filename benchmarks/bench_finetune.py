@@ -168,7 +168,6 @@ def base_stage_teal(model: str | None, prompts: list[str]) -> float:
 VARIANTS = {
     "lora": dict(train=(0,), lora=True, convs=False, lr="1e-3"),
     "lora-both": dict(train=(0, 1), lora=True, convs=True, lr="2e-3", sr_steps=2 / 3),
-    "lora-both-attn": dict(train=(0, 1), lora=True, convs=False, lr="2e-3", sr_steps=2 / 3),
     "full": dict(train=(0,), lora=False, lr="2e-4"),
     "full-both": dict(train=(0, 1), lora=False, lr="2e-4", sr_steps=2 / 3),
 }
