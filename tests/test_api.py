@@ -43,12 +43,13 @@ def bundled():
 
 
 def test_resolve_fills_every_default_from_the_model(bundled):
-    req = api.resolve(bundled, api.GenerateRequest(prompt=["a red circle"], guidance=[None, 1.5]))
-    s0, s1 = (s.config for s in bundled.stages)
-    assert req.steps == [s0.steps, s1.steps] and req.sampler == [s0.sampler, s1.sampler]
-    assert req.guidance == [s0.guidance, 1.5]
-    assert req.noise_level == [None, s1.noise_level]  # the base stage has no low-res input
-    assert req.height == req.width == [s0.resolution, s1.resolution] and req.stop_at == 2
+    cfgs = [s.config for s in bundled.stages]
+    n = len(cfgs)
+    req = api.resolve(bundled, api.GenerateRequest(prompt=["a red circle"], guidance=[None] * (n - 1) + [1.5]))
+    assert req.steps == [c.steps for c in cfgs] and req.sampler == [c.sampler for c in cfgs]
+    assert req.guidance == [c.guidance for c in cfgs[:-1]] + [1.5]
+    assert req.noise_level == [None] + [c.noise_level for c in cfgs[1:]]  # the base stage has no low-res input
+    assert req.height == req.width == [c.resolution for c in cfgs] and req.stop_at == n
     assert api.resolve(bundled, req) == req  # resolving is idempotent
 
 

@@ -223,10 +223,14 @@ def test_missing_or_empty_arguments(capsys, scene, argv, needles):
 
 
 def test_upscale_needs_a_stage_that_can_take_the_image(capsys, scene, tmp_path, minilm):
-    # The bundled cascade has stages 0 and 1: only stage 1 takes an image; a one-stage model has none.
-    code, err = run_cli(capsys, *FAST, "upscale", str(scene[0]), "a red circle", "--from-stage", "2",
+    # Every stage of the bundled cascade but the base takes an image; past the last there is none, and a
+    # one-stage model has none at all.
+    from openimagen.load import load_model
+
+    n = len(load_model(None).stages)
+    code, err = run_cli(capsys, *FAST, "upscale", str(scene[0]), "a red circle", "--from-stage", str(n),
                         "--out", str(tmp_path / "out"))
-    one_line_error(code, err, "from_stage=2", "super-resolution stages are 1..1")
+    one_line_error(code, err, f"from_stage={n}", f"super-resolution stages are 1..{n - 1}")
     from openimagen.cascade import Cascade
 
     Cascade.build(minilm, [("tiny", 16)]).save_pretrained(tmp_path / "one-stage")
@@ -398,10 +402,12 @@ def test_run_edit_resolves_the_librarys_defaults(scene, bundled, mode):
     assert all(torch.equal(a, b) for a, b in zip(result.images, want.images))
     r = result.request
     first = 1 if mode.startswith("upscale") else 0
-    s0, s1 = (s.config for s in bundled.stages)
-    assert r.stop_at == 2 and r.steps == [None] * first + [4] * (2 - first)
-    assert r.sampler == [None] * first + [s0.sampler, s1.sampler][first:]
-    assert r.noise_level == [None, float(s1.noise_level)] and r.guidance[1] == float(s1.guidance)
+    cfgs = [s.config for s in bundled.stages]
+    n = len(cfgs)
+    assert r.stop_at == n and r.steps == [None] * first + [4] * (n - first)
+    assert r.sampler == [None] * first + [c.sampler for c in cfgs][first:]
+    assert r.noise_level == [None] + [float(c.noise_level) for c in cfgs[1:]]
+    assert r.guidance[1:] == [float(c.guidance) for c in cfgs[1:]]
     assert (r.strength is None) == (mode == "upscale")  # plain super-resolution starts from noise
     repaints = mode in ("inpaint", "outpaint", "upscale-mask")
     assert (r.blend, r.resample) == ((editing.default_blend(bundled, first), 1) if repaints else (None, None))
