@@ -42,7 +42,9 @@ def _png(path, size, seed, mask=False):
 
 
 def _ours(capsys, out, *argv):
-    assert main(["-q", "--threads", "1", *argv, "--seed", "0", "--out", str(out)]) == 0, capsys.readouterr().err
+    # fp32: the diffusers pipelines they are compared with run in fp32 (auto would pick bf16 on a bf16 CPU)
+    assert main(["-q", "--threads", "1", *argv, "--precision", "fp32", "--seed", "0", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
     last = sorted(out.glob("*.png"))[-1]
     return torch.from_numpy(np.array(Image.open(last).convert("RGB"))).permute(2, 0, 1).float()[None] / 127.5 - 1
 

@@ -14,7 +14,8 @@ class Server:
 
         from openimagen.serve import create_app
 
-        self.app = create_app(settings, model=model_dir, loaded=[loaded] * len(settings.devices))
+        # `loaded` is in fp32, so say so: "auto" would record bf16 on a bf16 CPU while the copy computes in fp32
+        self.app = create_app(settings, model=model_dir, loaded=[loaded] * len(settings.devices), precision="fp32")
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
