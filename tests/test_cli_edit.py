@@ -222,12 +222,10 @@ def test_missing_or_empty_arguments(capsys, scene, argv, needles):
     one_line_error(code, err, *needles)
 
 
-def test_upscale_needs_a_stage_that_can_take_the_image(capsys, scene, tmp_path, minilm):
+def test_upscale_needs_a_stage_that_can_take_the_image(capsys, scene, tmp_path, minilm, bundled):
     # Every stage of the bundled cascade but the base takes an image; past the last there is none, and a
     # one-stage model has none at all.
-    from openimagen.load import load_model
-
-    n = len(load_model(None).stages)
+    n = len(bundled.stages)
     code, err = run_cli(capsys, *FAST, "upscale", str(scene[0]), "a red circle", "--from-stage", str(n),
                         "--out", str(tmp_path / "out"))
     one_line_error(code, err, f"from_stage={n}", f"super-resolution stages are 1..{n - 1}")

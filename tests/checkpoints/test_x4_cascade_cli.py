@@ -50,22 +50,23 @@ def test_three_stage_cli_equals_chained_diffusers_pipelines(tiny, tmp_path, spy,
              for k, s in enumerate((16, 32, 128)) if f"stage{k}" in p.name}
     assert names == {True} and len(list(tmp_path.glob("*.png"))) == 3
 
+    ours = spy[0].images
+    assert [tuple(x.shape[-2:]) for x in ours] == [(16, 16), (32, 32), (128, 128)]
+    # diffusers' chain, one generator through all three pipelines as ours, but each later pipeline gets OUR
+    # earlier stage's image: then every stage is held to TOL on the same input. Fed its own earlier output
+    # instead, stage I's rounding (7e-5 on an AVX512 CPU) grows through stage II's steps to ~1.2e-3.
     g = torch.Generator("cpu").manual_seed(5)
     pe, ne = tiny["p1"].encode_prompt(PROMPT, do_classifier_free_guidance=True, device="cpu", clean_caption=False)
     s1 = tiny["p1"](prompt_embeds=pe, negative_prompt_embeds=ne, num_inference_steps=3, generator=g,
                     output_type="pt").images
-    s2 = tiny["p2"](image=s1, prompt_embeds=pe, negative_prompt_embeds=ne, num_inference_steps=3, generator=g,
+    s2 = tiny["p2"](image=ours[0], prompt_embeds=pe, negative_prompt_embeds=ne, num_inference_steps=3, generator=g,
                     output_type="pt").images
-    s3 = tiny["p3"](prompt=PROMPT, image=s2, noise_level=100, num_inference_steps=3, generator=g,
+    s3 = tiny["p3"](prompt=PROMPT, image=ours[1], noise_level=100, num_inference_steps=3, generator=g,
                     output_type="pt").images                                          # [0, 1]
-    ours = spy[0].images
-    assert [tuple(x.shape[-2:]) for x in ours] == [(16, 16), (32, 32), (128, 128)]
     errs = [(ours[0] - s1.clamp(-1, 1)).abs().max().item(), (ours[1] - s2.clamp(-1, 1)).abs().max().item(),
             ((ours[2] + 1) / 2 - s3).abs().max().item()]
     print("three stages, max abs errors:", ", ".join(f"{e:.2e}" for e in errs))
-    # Each later stage starts from its own side's earlier output, so the earlier stage's rounding carries over
-    # and grows through the steps: stage II measured 1.15e-3 on an AVX512 CPU (fp32), under 1e-3 on AVX2.
-    assert errs[0] <= TOL and max(errs[1:]) <= 2 * TOL
+    assert max(errs) <= TOL
     assert calls == {"T5Encoder": 2, "CLIPEncoder": 2}  # prompt and "" once per encoder, not once per stage
     assert spy[0].request.noise_level == [None, 250.0, 100.0] and spy[0].request.sampler == ["ddpm", "ddpm", "ddim"]
 
