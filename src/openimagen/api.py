@@ -51,9 +51,13 @@ class GenerateRequest:
     sr: str | list[str] | None = None  # an IF stage II to run after an IF stage I `model` (then the x4 upscaler)
     precision: str = "auto"            # weights dtype: auto (the machine's fastest: precision.py) | fp32 | bf16 | fp16
     lora: tuple[str, ...] = ()         # LoRA adapters "PATH[:scale]" on the model (lora.py)
+    expand: bool | None = None         # rewrite prompts as the model's training captions (prompt_expansion.py);
+                                       # None: if the model declares an expansion
 
     def __post_init__(self):
         normalise(self, PER_STAGE)
+        if self.expand is not None and not isinstance(self.expand, bool):
+            raise ValueError(f"expand={self.expand!r} must be true, false or null (the model's default)")
         if isinstance(self.lora, str) or not all(isinstance(x, str) for x in self.lora):
             raise ValueError(f"lora={self.lora!r} must be a list of 'PATH[:scale]' strings")
         object.__setattr__(self, "lora", tuple(self.lora))
@@ -101,6 +105,7 @@ class GenerateResult:
     prompts: list[str]                 # one per image row
     request: "GenerateRequest | EditRequest"  # resolved: running it again gives the same images
     first_stage: int = 0               # the stage index of images[0] (an upscale starts past stage 0)
+    expanded: list[str] | None = None  # one per image row: the prompt as the model read it (prompt expansion)
 
 
 def resolve(cascade, request: GenerateRequest) -> GenerateRequest:
@@ -120,6 +125,7 @@ def resolve(cascade, request: GenerateRequest) -> GenerateRequest:
         noise_level=[None if not c.lowres else float(c.noise_level if v is None else v)
                      for c, v in zip(cfgs, each["noise_level"])],
         height=[h for h, _ in sizes], width=[w for _, w in sizes], stop_at=n,
+        expand=(getattr(cascade, "prompt_expansion", None) is not None) if request.expand is None else request.expand,
     )
 
 
@@ -145,9 +151,9 @@ def run(request: GenerateRequest, *, cascade=None, device: str = "cpu", offload:
         req.prompt, negative_prompt=req.negative_prompt, num_images=req.num_images, steps=req.steps,
         guidance=req.guidance, sampler=req.sampler, noise_level=req.noise_level, height=req.height,
         width=req.width, seed=req.seed, stop_at=req.stop_at, device=device, offload=offload,
-        progress=progress, callback=callback,
+        progress=progress, callback=callback, expand=req.expand,
     )
-    return GenerateResult(images=out.images, prompts=out.prompts, request=req)
+    return GenerateResult(images=out.images, prompts=out.prompts, request=req, expanded=out.expanded)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,10 +176,13 @@ def write_pngs(result: GenerateResult, out_dir: str | os.PathLike, *, stages: st
         h, w = images.shape[-2:]
         res = f"{w}" if h == w else f"{w}x{h}"
         for i, (img, prompt) in enumerate(zip(to_pil(images), result.prompts)):
+            read = result.expanded[i] if result.expanded is not None else None  # what the model read, if rewritten
             info = PngInfo()
-            info.add_text(PNG_KEY, json.dumps({"request": request, "stage": k, "index": i, "version": __version__},
+            info.add_text(PNG_KEY, json.dumps({"request": request, "stage": k, "index": i, "version": __version__,
+                                               **({"expanded_prompt": read} if read is not None else {})},
                                               sort_keys=True))
-            info.add_text(infotext.PNG_KEY, infotext.infotext(request, prompt, k, img.size, __version__))  # A1111's
+            info.add_text(infotext.PNG_KEY, infotext.infotext(request, prompt, k, img.size, __version__,
+                                                              expanded=read))  # A1111's
             path = out / f"{i:02d}-{_slug(prompt)}-stage{k}-{res}px.png"
             tmp = path.with_name(path.name + ".tmp")
             img.save(tmp, format="PNG", pnginfo=info)
@@ -202,6 +211,8 @@ def request_from_png(path: str | os.PathLike) -> GenerateRequest | EditRequest:
 
         request = json.loads(text)["request"]
         kind = EditRequest if request.get("format") == EDIT_FORMAT else GenerateRequest
+        if kind is GenerateRequest:  # written before prompt expansion existed: the prompt was read as typed
+            request.setdefault("expand", False)
         return kind.from_json(request)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: its openimagen parameters are damaged ({e})") from None

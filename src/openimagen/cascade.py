@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -26,6 +27,7 @@ from .diffusion import SAMPLERS, Parameterization, Step
 from .diffusion.noise import RowGenerators
 from .io import model_folder
 from .io.model_folder import ModelFolderError  # noqa: F401 (re-exported: the error users catch)
+from .prompt_expansion import check_kind as check_expansion, expand as expand_prompt
 from .sampling import GenerationCancelled, StagePlan, sample_stage  # noqa: F401 (re-exported)
 from .stage import Stage, StageConfig
 from .text import TextEncoder, check_prompts
@@ -40,7 +42,8 @@ StageCallback = Callable[[Step], "bool | None"]  # after every step of every sta
 @dataclass
 class CascadeOutput:
     images: list[Tensor]                    # one (B, 3, H, W) tensor in [-1, 1] per stage run
-    prompts: list[str]
+    prompts: list[str]                      # one per image row, as given
+    expanded: list[str] | None = None       # one per image row: what the model read (prompt_expansion.py)
 
     def pil(self, stage: int = -1):
         return to_pil(self.images[stage])
@@ -49,8 +52,10 @@ class CascadeOutput:
 
 
 class Cascade(torch.nn.Module):
-    def __init__(self, text_encoder: TextEncoder | None, stages: Sequence[Stage]):
+    def __init__(self, text_encoder: TextEncoder | None, stages: Sequence[Stage], *,
+                 prompt_expansion: str | None = None):
         super().__init__()
+        self.prompt_expansion = check_expansion(prompt_expansion)  # how generate rewrites prompts (None: never)
         if not stages:
             raise ValueError("a cascade needs at least one stage")
         for i, s in enumerate(stages):
@@ -117,6 +122,7 @@ class Cascade(torch.nn.Module):
         progress: bool = True,
         callback: StageCallback | None = None,
         plan: Callable[[int, tuple[int, int, int, int]], StagePlan] | None = None,
+        expand: bool | None = None,
     ) -> CascadeOutput:
         """Run every stage in order. Same seed, same arguments -> identical images; with num_images > 1, image j
         of every prompt uses seed + j: the same noise as one image with seed + j (the same image, up to ~1e-6
@@ -136,6 +142,9 @@ class Cascade(torch.nn.Module):
         `diffusion.Step` whose `stage` is set (x_t, x, x0_hat: previews); returning False stops the run
         with `GenerationCancelled`. `plan(stage_index, shape)` -> `StagePlan(start, wrappers, after_step)`
         is where editing puts its per-stage start state, denoiser wrappers and after-step hook (editing.py).
+        `expand`: rewrite each prompt in the caption style the model was trained on (prompt_expansion.py),
+        image j of a prompt with seed + j; None = yes for text-to-image with a model that declares an
+        expansion, no for edits (an image or a plan given) and for given text_embeds.
         """
         n = len(self.stages) if stop_at is None else stop_at
         first = _first_stage(first_stage, image, len(self.stages), self.stages[0].config.lowres)
@@ -146,6 +155,7 @@ class Cascade(torch.nn.Module):
             raise ValueError("empty prompt: give a text description of the image")
         if num_images < 1:
             raise ValueError(f"num_images must be at least 1, got {num_images}")
+        expanded = self._expand(prompts, expand, seed, num_images, image is None and plan is None, text_embeds)
         total = len(self.stages)
         steps = options.per_stage(steps, n, "steps", total)
         guidance = options.per_stage(guidance, n, "guidance", total)
@@ -161,13 +171,18 @@ class Cascade(torch.nn.Module):
                 raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
 
         encoded = {}  # each prompt is encoded once per text encoder (IF: T5 for stages I-II; the x4: its CLIP)
-        rep = lambda t: t.repeat_interleave(num_images, dim=0)
+        texts, negatives, reps = prompts, negative_prompt, num_images
+        if expanded is not None:  # one text per image row: encode them all, repeat nothing
+            texts, reps = expanded, 1
+            if negative_prompt is not None:
+                negatives = [n for n in check_prompts(negative_prompt) for _ in range(num_images)]
+        rep = lambda t: t.repeat_interleave(reps, dim=0)
 
         def text_for(stage):
             enc = stage.text_encoder or self.text_encoder
             if id(enc) not in encoded:
                 given = text_embeds if enc is self.text_encoder else None
-                encoded[id(enc)] = tuple(map(rep, self._encode(prompts, negative_prompt, given, device, offload, enc)))
+                encoded[id(enc)] = tuple(map(rep, self._encode(texts, negatives, given, device, offload, enc)))
             return encoded[id(enc)]
 
         text_for(self.stages[first])  # a bad prompt or missing encoder fails before any sampling
@@ -209,7 +224,20 @@ class Cascade(torch.nn.Module):
                     bar.close()
             prev = x.clamp(-1, 1)
             images.append(prev)
-        return CascadeOutput(images=images, prompts=[p for p in prompts for _ in range(num_images)])
+        return CascadeOutput(images=images, prompts=[p for p in prompts for _ in range(num_images)], expanded=expanded)
+
+    def _expand(self, prompts, expand, seed, num_images, text_to_image, text_embeds) -> list[str] | None:
+        """The expanded prompt of every image row, or None when generate does not expand."""
+        if expand is None:
+            expand = self.prompt_expansion is not None and text_to_image and text_embeds is None
+        if not expand:
+            return None
+        if self.prompt_expansion is None:
+            raise ValueError("expand=True, but this model declares no prompt expansion (its cascade.json has no "
+                             "\"prompt_expansion\"): give expand=False, or None for the model's default")
+        if text_embeds is not None:
+            raise ValueError("expand=True rewrites prompts before encoding them, so it cannot use given text_embeds")
+        return [expand_prompt(self.prompt_expansion, p, seed + j) for p in prompts for j in range(num_images)]
 
     def _encode(self, prompts, negative_prompt, text_embeds, device=None, offload=False, encoder=None):
         encoder = encoder or self.text_encoder
@@ -237,7 +265,7 @@ class Cascade(torch.nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write `cascade.json` and one `stage_K/{config.json, model.safetensors}` per stage."""
-        model_folder.save(folder, self.text_encoder, list(self.stages))
+        model_folder.save(folder, self.text_encoder, list(self.stages), prompt_expansion=self.prompt_expansion)
 
     @classmethod
     def from_pretrained(
@@ -249,7 +277,8 @@ class Cascade(torch.nn.Module):
         dtype: torch.dtype | None = None,
     ) -> "Cascade":
         encoder, stages = model_folder.load(folder, text_encoder=text_encoder, device=device, dtype=dtype)
-        return cls(encoder, stages)
+        index, _ = model_folder.read_index(Path(folder))
+        return cls(encoder, stages, prompt_expansion=index.get("prompt_expansion"))
 
 
 def _size(stage, i: int, last: bool, planned: tuple[int, int], prev: Tensor | None, height, width) -> tuple[int, int]:

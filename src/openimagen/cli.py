@@ -50,9 +50,12 @@ def cmd_generate(args) -> int:
     from . import api
 
     if args.from_png is not None:
+        if args.no_expand:
+            raise ValueError("--from-png reproduces the stored request, prompt expansion included; give no --no-expand with it")
         return _run(_from_png(args), args)
     _check_prompts(args.prompt, 'openimagen generate "a red circle above a blue square"')
-    request = api.GenerateRequest(prompt=args.prompt, height=args.height, width=args.width, **_sampling(args))
+    request = api.GenerateRequest(prompt=args.prompt, height=args.height, width=args.width,
+                                  expand=False if args.no_expand else None, **_sampling(args))
     return _run(request, args)
 
 
@@ -266,7 +269,8 @@ def cmd_evaluate(args) -> int:
     from .evaluate.run import evaluate_model
 
     report = evaluate_model(args.model, args.prompts, args.out, steps=args.steps, guidance=args.guidance,
-                            sampler=args.sampler, seed=args.seed, progress=not args.quiet)
+                            sampler=args.sampler, seed=args.seed, progress=not args.quiet,
+                            expand=False if args.no_expand else None)
     print(report)
     return 0
 
@@ -338,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="*", help="one or more prompts")
     g.add_argument("--height", type=_positive_int("--height"), default=None, help="output height of the last stage")
     g.add_argument("--width", type=_positive_int("--width"), default=None, help="output width of the last stage")
+    g.add_argument("--no-expand", action="store_true",
+                   help="give the model the prompt as typed; by default a shapes-world model (the bundled one) reads "
+                        "it rewritten as one of its training captions, attributes left out drawn by the seed")
     _add_sampling_options(g)
     g.set_defaults(func=cmd_generate)
 
@@ -402,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--guidance", type=float, default=None)
     v.add_argument("--sampler", choices=SAMPLER_NAMES, default=None)
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--no-expand", action="store_true", help="score the model on the prompts as written, without "
+                   "prompt expansion (the network alone)")
     v.set_defaults(func=cmd_evaluate)
 
     from .serve.cli import add_parser as add_serve  # serve/cli.py: the command's code lives with the server

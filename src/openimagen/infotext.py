@@ -16,8 +16,10 @@ import re
 PNG_KEY = "parameters"
 
 
-def infotext(request: dict, prompt: str, stage: int, size: tuple[int, int], version: str) -> str:
-    """The infotext of one image made by stage `stage` (an index into the cascade) of a resolved request."""
+def infotext(request: dict, prompt: str, stage: int, size: tuple[int, int], version: str,
+             expanded: str | None = None) -> str:
+    """The infotext of one image made by stage `stage` (an index into the cascade) of a resolved request;
+    `expanded`: the prompt as the model read it, when prompt expansion rewrote it (prompt_expansion.py)."""
     def at(name):
         v = request.get(name)
         if isinstance(v, list):
@@ -29,6 +31,7 @@ def infotext(request: dict, prompt: str, stage: int, size: tuple[int, int], vers
         "Steps": at("steps"), "Sampler": at("sampler"), "CFG scale": at("guidance"), "Seed": request.get("seed"),
         "Size": f"{w}x{h}", "Model": request.get("model") or "openimagen-shapes (bundled)",
         "Denoising strength": at("strength"), "Stage": stage, "Mode": request.get("mode"),
+        "Expanded prompt": expanded if expanded != prompt else None,
         "Version": f"openimagen {version}",
     }
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None)

@@ -26,6 +26,7 @@ def test_one_call_trains_every_stage_into_a_loadable_model(run_dir, tiny_config,
     # the model folder holds the EMA weights, and records the real text encoder
     index = json.loads((model_dir / "cascade.json").read_text())
     assert index["text_encoder"] == {"kind": "minilm", "max_length": 32}
+    assert index["prompt_expansion"] == "shapes"  # trained on the shapes world: terse prompts get expanded
     ema = load_file(str(run_dir / "checkpoints" / "step-0000012" / "stage_0" / "ema.safetensors"))
     raw = load_file(str(run_dir / "checkpoints" / "step-0000012" / "stage_0" / "model.safetensors"))
     shipped = load_file(str(model_dir / "stage_0" / "model.safetensors"))

@@ -34,8 +34,10 @@ def read_prompts(path: str | Path | None) -> list[str]:
 
 
 def evaluate_model(model: str | None, prompts_file: str | None, out_dir: str, *, steps=None, guidance=None,
-                   sampler=None, seed: int = 0, progress: bool = True) -> str:
-    """Generate, score and write `out_dir/scores.json` and `out_dir/images/NNN.png`; return the table."""
+                   sampler=None, seed: int = 0, progress: bool = True, expand: bool | None = None) -> str:
+    """Generate, score and write `out_dir/scores.json` and `out_dir/images/NNN.png`; return the table.
+    `expand`: prompt expansion as `Cascade.generate` takes it (None: the model's default); images are
+    always scored against the prompt as written in the file."""
     import torch
 
     from ..data.transforms import to_pil
@@ -55,7 +57,7 @@ def evaluate_model(model: str | None, prompts_file: str | None, out_dir: str, *,
     for k in tqdm(range(0, len(prompts), BATCH), desc="generating", disable=not progress):
         batch = prompts[k:k + BATCH]
         result = cascade.generate(batch, steps=steps, guidance=guidance, sampler=sampler,
-                                  seed=seed + k // BATCH, progress=False)
+                                  seed=seed + k // BATCH, progress=False, expand=expand)
         images.append(result.images[-1])
     images = torch.cat(images)
     seconds = time.perf_counter() - start
@@ -65,6 +67,7 @@ def evaluate_model(model: str | None, prompts_file: str | None, out_dir: str, *,
     report = score_many(images, prompts)
     settings = {"model": model or "bundled", "prompts": str(BENCHMARKS.get(prompts_file, prompts_file) or BENCHMARK_PATH), "steps": steps,
                 "guidance": guidance, "sampler": sampler, "seed": seed, "batch": BATCH,
+                "prompt_expansion": cascade.prompt_expansion if expand is not False else None,
                 "resolution": images.shape[-1], "generate_seconds": round(seconds, 1)}
     (out / "scores.json").write_text(json.dumps({"settings": settings, **report.as_dict()}, indent=2) + "\n")
     return format_table(report)

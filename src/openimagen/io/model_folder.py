@@ -22,8 +22,10 @@ class ModelFolderError(ValueError):
     """A model folder is missing a file or holds a corrupt one."""
 
 
-def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: list[Stage]) -> None:
-    """Write the folder; each weights file is written beside and renamed, so it is whole or absent."""
+def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: list[Stage], *,
+         prompt_expansion: str | None = None) -> None:
+    """Write the folder; each weights file is written beside and renamed, so it is whole or absent.
+    `prompt_expansion` (prompt_expansion.py) is written to cascade.json only when set."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = []
@@ -37,13 +39,28 @@ def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: li
         os.replace(tmp, d / "model.safetensors")
         names.append(d.name)
     spec = text_encoder.spec() if text_encoder is not None else None
-    save_json({"format": FORMAT, "version": 1, "text_encoder": spec, "stages": names}, folder / "cascade.json")
+    index = {"format": FORMAT, "version": 1, "text_encoder": spec, "stages": names}
+    if prompt_expansion is not None:
+        index["prompt_expansion"] = prompt_expansion
+    save_json(index, folder / "cascade.json")
 
 
 def load(folder: str | os.PathLike, *, text_encoder: TextEncoder | None = None, device: str | torch.device = "cpu",
          dtype: torch.dtype | None = None) -> tuple[TextEncoder | None, list[Stage]]:
     """(text encoder, stages) of a folder written by `save`; `text_encoder` overrides the saved one."""
     folder = Path(folder)
+    index, index_path = read_index(folder)
+    names = index["stages"]
+    stages = [_load_stage(_inside(folder, name, index_path), device, dtype) for name in names]
+    if text_encoder is None and index.get("text_encoder") is not None:
+        text_encoder = text_encoder_from_spec(index["text_encoder"])
+    return text_encoder, stages
+
+
+def read_index(folder: Path) -> tuple[dict, Path]:
+    """(cascade.json's contents, its path), checked: the format tag, the stage names, a known prompt expansion."""
+    from ..prompt_expansion import check_kind
+
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist; pass a folder written by save_pretrained or `openimagen train`")
     index_path = folder / "cascade.json"
@@ -57,10 +74,11 @@ def load(folder: str | os.PathLike, *, text_encoder: TextEncoder | None = None, 
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ModelFolderError(f"{index_path}: \"stages\" must be a list of stage folder names, e.g. "
                                f"[\"stage_0\", \"stage_1\"]; got {names!r}")
-    stages = [_load_stage(_inside(folder, name, index_path), device, dtype) for name in names]
-    if text_encoder is None and index.get("text_encoder") is not None:
-        text_encoder = text_encoder_from_spec(index["text_encoder"])
-    return text_encoder, stages
+    try:
+        check_kind(index.get("prompt_expansion"))
+    except ValueError as e:
+        raise ModelFolderError(f"{index_path}: {e}; this openimagen may be older than the model") from None
+    return index, index_path
 
 
 def _inside(folder: Path, name: str, index_path: Path) -> Path:

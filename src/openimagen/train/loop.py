@@ -391,7 +391,10 @@ def _prepare(acc, unets: list, opts: list) -> tuple[list, list]:
 
 
 def _ema_cascade(cfg: TrainConfig, emas: list, stages: list[Stage], lookup) -> Cascade:
-    return Cascade(lookup, [Stage(st.stage, finetune.ema_unet(e, s)) for st, e, s in zip(cfg.stages, emas, stages)])
+    # A shapes-world model reads terse prompts best rewritten as its training captions (prompt_expansion.py)
+    expansion = "shapes" if cfg.data.kind == "shapes" else None
+    return Cascade(lookup, [Stage(st.stage, finetune.ema_unet(e, s)) for st, e, s in zip(cfg.stages, emas, stages)],
+                   prompt_expansion=expansion)
 
 
 def _publish(cfg: TrainConfig, emas: list, stages: list[Stage], lookup, out: Path) -> None:
@@ -452,7 +455,7 @@ def _sample_grid(cfg: TrainConfig, emas: list, stages: list[Stage], lookup, done
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
     result = _ema_cascade(cfg, emas, stages, lookup).generate(list(cfg.sample_prompts), steps=cfg.sample_steps,
                                                       seed=cfg.seed, stop_at=n, progress=False,
-                                                      autocast_dtype=dtype)
+                                                      autocast_dtype=dtype, expand=False)  # the network as trained
     R = result.images[-1].shape[-1]
     cols = [to_pil(F.interpolate(x.float(), size=(R, R), mode="nearest")) for x in result.images]
     grid = Image.new("RGB", (R * len(cols), R * len(cfg.sample_prompts)))
