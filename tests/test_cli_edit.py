@@ -293,7 +293,7 @@ def test_help_examples_parse(capsys, cmd):
 def test_edit_and_upscale_take_the_options_of_generate():
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices
     opts = {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.items()}
-    shared = opts["generate"] - {"--height", "--width"}
+    shared = opts["generate"] - {"--height", "--width", "--no-expand"}  # edits never expand: the image says the rest
     assert shared <= opts["edit"] and shared <= opts["upscale"]
     assert {"--seed", "--steps", "--guidance", "--sampler", "--model", "--sr", "--precision", "--device", "--offload",
             "--noise-level", "--out", "--num-images", "--from-png"} <= shared
