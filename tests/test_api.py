@@ -71,14 +71,15 @@ def test_a_cancelled_run_writes_no_file(bundled, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_cli_png_carries_the_request_and_from_png_reproduces_it_bitwise(tmp_path, capsys):
+def test_cli_png_carries_the_request_and_from_png_reproduces_it_bitwise(bundled, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["-q", "generate", "a red circle above a blue square", "--steps", "2", "--seed", "5",
                  "--out", str(a)]) == 0
-    files = sorted(a.glob("*.png"))
-    assert [f.name.split("-stage")[1] for f in files] == ["0-32px.png", "1-64px.png"]
+    files = sorted(a.glob("*.png"), key=lambda f: f.name.split("-stage")[1])
+    n = len(bundled.stages)
+    assert [f.name.split("-stage")[1] for f in files] == [f"{k}-{s.resolution}px.png" for k, s in enumerate(bundled.stages)]
     meta = json.loads(Image.open(files[-1]).text[api.PNG_KEY])
-    assert meta["request"]["seed"] == 5 and meta["request"]["steps"] == [2, 2] and meta["stage"] == 1
+    assert meta["request"]["seed"] == 5 and meta["request"]["steps"] == [2] * n and meta["stage"] == n - 1
     assert meta["version"] and meta["request"]["model"] is None  # None: the bundled model
 
     assert main(["-q", "generate", "--from-png", str(files[-1]), "--out", str(b)]) == 0

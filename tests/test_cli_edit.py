@@ -315,21 +315,22 @@ def _pixels(path):
     (["--mask", "MASK", "--blend", "keep_known"], "inpaint"),
     (["--extend", "right=64"], "outpaint"),
 ])
-def test_edit_end_to_end_and_from_png_bitwise(capsys, scene, tmp_path, mode_args, mode):
+def test_edit_end_to_end_and_from_png_bitwise(capsys, scene, bundled, tmp_path, mode_args, mode):
     mode_args = [str(scene[1]) if a == "MASK" else a for a in mode_args]
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     argv = [*FAST, "edit", str(scene[0]), "a red circle above a blue square", *mode_args, "--steps", "4",
             "--seed", "5", "--out"]
     assert main(argv + [str(a)]) == 0, capsys.readouterr().err
     files = _pngs(a)
-    assert [f.name.split("-stage")[1].split("-")[0] for f in files] == ["0", "1"]  # the whole cascade ran
+    n, scale = len(bundled.stages), bundled.stages[-1].resolution // 64  # the scene is 64 px
+    assert [f.name.split("-stage")[1].split("-")[0] for f in files] == [str(k) for k in range(n)]  # the whole cascade ran
     meta = json.loads(Image.open(files[-1]).text[api.PNG_KEY])
     req = meta["request"]
-    assert req["format"] == api.EDIT_FORMAT and req["mode"] == mode and req["seed"] == 5 and req["stop_at"] == 2
-    assert req["sha256"]["image"] == images.file_sha256(scene[0]) and meta["stage"] == 1
+    assert req["format"] == api.EDIT_FORMAT and req["mode"] == mode and req["seed"] == 5 and req["stop_at"] == n
+    assert req["sha256"]["image"] == images.file_sha256(scene[0]) and meta["stage"] == n - 1
     if mode == "outpaint":
         assert req["extend"] == {"left": 0, "right": 64, "top": 0, "bottom": 0}
-        assert Image.open(files[-1]).size == (128, 64)
+        assert Image.open(files[-1]).size == (128 * scale, 64 * scale)
     assert main([*FAST, "edit", "--from-png", str(files[-1]), "--out", str(b)]) == 0
     assert main([*FAST, "generate", "--from-png", str(files[0]), "--out", str(c)]) == 0
     for f in files:
@@ -341,20 +342,23 @@ def test_inpainting_keeps_the_unmasked_pixels_of_the_input(capsys, scene, tmp_pa
     # size is the input's (64 px) the unmasked pixels come back as they were, up to the PNG rounding.
     assert main([*FAST, "edit", str(scene[0]), "a green star", "--mask", str(scene[1]), "--blend", "keep_known",
                  "--steps", "3", "--out", str(tmp_path / "o")]) == 0, capsys.readouterr().err
-    last = _pngs(tmp_path / "o")[-1]
-    got, want = _pixels(last), _pixels(scene[0])
+    at_64 = next(f for f in _pngs(tmp_path / "o") if f.name.endswith("-64px.png"))  # the input's size
+    got, want = _pixels(at_64), _pixels(scene[0])
     assert got.shape == want.shape
     assert (got[:, 32:] - want[:, 32:]).abs().max() <= 1 / 127.5 + 1e-6  # kept (bottom half)
     assert (got[:, :32] - want[:, :32]).abs().max() > 0.1                # repainted (top half)
 
 
-def test_upscale_end_to_end_and_from_png(capsys, scene, tmp_path):
+def test_upscale_end_to_end_and_from_png(capsys, scene, bundled, tmp_path):
     small = tmp_path / "small.png"
     Image.open(scene[0]).resize((32, 32), Image.Resampling.BICUBIC).save(small)
     assert main([*FAST, "upscale", str(small), "a red circle above a blue square", "--steps", "3",
                  "--out", str(tmp_path / "a")]) == 0, capsys.readouterr().err
-    (png,) = _pngs(tmp_path / "a")
-    assert png.name.endswith("-stage1-64px.png") and Image.open(png).size == (64, 64)
+    pngs = _pngs(tmp_path / "a")  # every stage from the first SR stage on
+    R = bundled.stages[-1].resolution
+    assert [f.name.split("-stage")[1] for f in pngs] == [f"{k}-{s.resolution}px.png" for k, s in enumerate(bundled.stages)][1:]
+    png = pngs[-1]
+    assert Image.open(png).size == (R, R)
     assert json.loads(Image.open(png).text[api.PNG_KEY])["request"]["from_stage"] == 1
     assert main([*FAST, "upscale", "--from-png", str(png), "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / png.name).read_bytes() == png.read_bytes()
@@ -414,13 +418,16 @@ def test_run_edit_resolves_the_librarys_defaults(scene, bundled, mode):
     assert all(torch.equal(a, b) for a, b in zip(result.images, again.images)) and again.request == r
 
 
-def test_an_outpaint_size_the_unets_cannot_take_is_rounded_or_refused(capsys, scene, tmp_path):
+def test_an_outpaint_size_the_unets_cannot_take_is_rounded_or_refused(capsys, scene, bundled, tmp_path):
     argv = [*FAST, "edit", str(scene[0]), "a red circle", "--extend", "right=1", "--steps", "2"]
     code, err = run_cli(capsys, *argv, "--fit", "refuse", "--out", str(tmp_path / "no"))
     one_line_error(code, err, "64x65", "nearest valid canvas sizes: 64x64, 64x72")
     assert not (tmp_path / "no").exists()
     assert main(argv + ["--out", str(tmp_path / "o")]) == 0  # fit=round: a larger canvas, cropped back
-    assert Image.open(_pngs(tmp_path / "o")[-1]).size == (65, 64)
+    at_64 = next(f for f in _pngs(tmp_path / "o") if f.name.endswith("-65x64px.png"))
+    assert Image.open(at_64).size == (65, 64)
+    scale = bundled.stages[-1].resolution // 64
+    assert Image.open(_pngs(tmp_path / "o")[-1]).size == (65 * scale, 64 * scale)
 
 
 @pytest.mark.parametrize("args,needles", [

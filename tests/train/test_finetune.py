@@ -116,8 +116,11 @@ def test_a_full_fine_tune_of_one_stage_leaves_the_frozen_stage_bitwise_unchanged
 
 
 def test_init_of_a_model_whose_stages_do_not_match_the_config_is_one_clear_error(init_model):
-    with pytest.raises(ValueError, match=r"--init bundled: stage 0 does not match the config \(resolution 32 vs 16\)"):
+    with pytest.raises(ValueError, match=r"--init bundled has 3 stage\(s\) \(efficient 32px, efficient 64px, efficient "
+                                         r"128px\) but the config has 2 .*drop --preset/--config"):
         finetune_config(InitConfig("bundled"), "shapes-tiny", None, [])
+    with pytest.raises(ValueError, match=r"stage 0 does not match the config \(resolution 16 vs 32\)"):
+        finetune_config(InitConfig(str(init_model)), "shapes-small", None, [])
     with pytest.raises(ValueError, match=r"init.train names stage\(s\) \[2\], but the model has 2"):
         finetune_config(InitConfig(str(init_model), train=(2,)), "shapes-tiny", None, TINY_OVERRIDES)
 
@@ -154,7 +157,7 @@ def test_cli_fine_tuning_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     assert "give --init MODEL" in capsys.readouterr().err
     assert main(["train", "--init", "bundled", "--preset", "shapes-tiny", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "stage 0 does not match the config" in err and len(err.splitlines()) == 1
+    assert "--init bundled has 3 stage(s)" in err and len(err.splitlines()) == 1
     assert main(["train", "--init", "bundled", "--train-stages", "0,x", "--out", str(tmp_path / "c")]) == 2
     assert "--train-stages '0,x'" in capsys.readouterr().err
 
