@@ -75,8 +75,17 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/cold_start.json"))
     ap.add_argument("--readme", default=str(ROOT / "benchmarks/README.md"))
+    ap.add_argument("--before-label", default="before (base commit)", help="the --before column's name in the table")
+    ap.add_argument("--note", default=NOTE, help="the paragraph under the table: what differs between the trees")
+    ap.add_argument("--render", action="store_true", help="rewrite the README section from --json without measuring")
     args = ap.parse_args(argv)
     trees = {"ours": str(ROOT / "src")}
+    if args.render:
+        result = json.loads(Path(args.json).read_text())
+        result.update(before_label=args.before_label, note=args.note)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        replace_section(Path(args.readme), "## Cold start of `openimagen generate`", render(result))
+        return
     if args.before:
         trees["before"] = args.before
     load_before = os.getloadavg()
@@ -92,30 +101,34 @@ def main(argv=None) -> None:
                   **{k: statistics.median(p[k] for p in v["phases"]) for k in v["phases"][0]}} for name, v in runs.items()}
     result = {"measured": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "machine": {**machine(), "load_avg_before": load_before, "load_avg_after": os.getloadavg()},
-              "prompt": PROMPT, "rounds": args.rounds, "trees": trees, "runs": runs, "median": med}
+              "prompt": PROMPT, "rounds": args.rounds, "trees": trees, "runs": runs, "median": med,
+              "before_label": args.before_label, "note": args.note}
     Path(args.json).write_text(json.dumps(result, indent=1))
     replace_section(Path(args.readme), "## Cold start of `openimagen generate`", render(result))
+
+
+NOTE = ("What changed: the bundled text encoder runs on our own BERT (`minilm.py`: `tokenizers` + `safetensors`, "
+        "bit-identical to transformers' BertModel) instead of importing transformers, and small U-Nets are built on "
+        "the CPU instead of the meta device (whose first use imports torch's decompositions). Weights are read with "
+        "safetensors (memory-mapped). The text encoder is loaded once per process.")
 
 
 def render(res: dict) -> str:
     m, med = res["machine"], res["median"]
     cols = ["ours"] + (["before"] if "before" in med else [])
-    head = "| phase | " + " | ".join({"ours": "now, s", "before": "before (base commit), s"}[c] for c in cols) + " |"
+    before = res.get("before_label", "before (base commit)")
+    head = "| phase | " + " | ".join({"ours": "now, s", "before": f"{before}, s"}[c] for c in cols) + " |"
     rows = [head, "|---" * (len(cols) + 1) + "|"]
     names = [("cli", "**`openimagen generate`, wall (fresh process)**"), ("import", "import (torch + openimagen)"),
-             ("load", "load (2 U-Nets + text encoder)"), ("encode", "encode the prompt"),
-             ("sample", "sample (25 + 25 steps, guidance)"), ("save", "save PNGs"), ("total", "sum of phases")]
+             ("load", "load (the U-Nets + text encoder)"), ("encode", "encode the prompt"),
+             ("sample", "sample (every stage at its defaults)"), ("save", "save PNGs"), ("total", "sum of phases")]
     for key, label in names:
         rows.append(f"| {label} | " + " | ".join(f"{med[c][key]:.2f}" for c in cols) + " |")
     return (f"## Cold start of `openimagen generate`\n\nMeasured {res['measured']} on {machine_words(m)}, 1 torch "
             f"thread, {res['rounds']} rounds, trees alternating, medians; load average {m['load_avg_before'][0]:.1f} "
-            f"before, {m['load_avg_after'][0]:.1f} after (the CPU is shared with five other workers, so expect "
+            f"before, {m['load_avg_after'][0]:.1f} after (the machine may be shared with other jobs, so expect "
             "noise; compare the columns, which ran side by side).\n\n" + "\n".join(rows) +
-            "\n\nWhat changed: the bundled text encoder runs on our own BERT (`minilm.py`: `tokenizers` + "
-            "`safetensors`, bit-identical to transformers' BertModel) instead of importing transformers, and "
-            "small U-Nets are built on the CPU instead of the meta device (whose first use imports torch's "
-            "decompositions). Weights are read with safetensors (memory-mapped). The text encoder is loaded once "
-            "per process.\n\n```\ngit archive <base> src | tar -x -C /tmp/before\n"
+            "\n\n" + res.get("note", NOTE) + "\n\n```\ngit archive <base> src | tar -x -C /tmp/before\n"
             "PYTHONPATH=src python benchmarks/bench_cold_start.py --before /tmp/before/src --rounds 3\n```\n"
             "Raw runs: `benchmarks/results/cold_start.json`.\n")
 
