@@ -247,6 +247,18 @@ def _blends(spec: str) -> tuple:
     return tuple(out)
 
 
+def _up_to(cascade, res: int):
+    """The cascade's stages up to `res` px: the cases are drawn and judged at ec.RES, and no stage's output
+    depends on the stages after it, so this is the full cascade's image at that size, without the cost of the rest."""
+    from openimagen.cascade import Cascade
+
+    stages = [s for s in cascade.stages if s.resolution <= res]
+    if not stages or stages[-1].resolution != res:
+        raise SystemExit(f"the bundled cascade has no stage at {res} px (its stages: "
+                         f"{[s.resolution for s in cascade.stages]}); editing_cases.RES must be one of them")
+    return Cascade(cascade.text_encoder, stages, prompt_expansion=cascade.prompt_expansion)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few cases per task; prints, writes only --json")
@@ -276,7 +288,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sizes, tasks, blends = _sizes(args.quick, args.n), args.only.split(","), _blends(args.blends)
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    cascade, shown, res, tried = load_model(None), {}, {}, {}
+    cascade, shown, res, tried = _up_to(load_model(None), ec.RES), {}, {}, {}
     words = tesseract_available()
     if "inpaint" in tasks:
         res["inpaint"] = run_inpaint(cascade, sizes["inpaint"], args.seed, shown, blends)

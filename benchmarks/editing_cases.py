@@ -35,7 +35,7 @@ from openimagen.data.shapes import (
 from openimagen.data.transforms import to_tensor
 from openimagen.evaluate.segment import Segmentation
 
-RES = 64                 # the bundled cascade's output size: every case is rendered and judged here
+RES = 64                 # a stage size of the bundled cascade (its second): every case is rendered and judged here
 PAD = 0.06               # the inpainting mask: the object's box grown by this fraction of the side (~4 px)
 UNCHANGED_TOL = 2        # "unchanged": every kept pixel within 2/255 of the input (both rounded to 8 bits)
 OUTPAINT_FRACTION = 4    # the canvas grows by width // 4 (the "a quarter of its width")
