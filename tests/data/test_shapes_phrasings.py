@@ -111,3 +111,32 @@ def test_and_scenes_render_two_distinct_colored_objects():
         assert s.relation is None and len(s.objects) == 2 and s.objects[0].color != s.objects[1].color
         assert Scene.from_json(s.to_json()) == s
     assert render(s, 32).size == (32, 32)
+
+
+def test_omit_p_sets_how_often_natural_captions_leave_attributes_out():
+    def left_out(world):
+        n = 0
+        for i in range(len(world)):
+            s = parse_caption(world.scene_and_caption(i)[1])
+            n += (s.background is None) + sum(v is None for o in s.objects[:1] if s.kind == "single"
+                                               for v in (o.size, o.position))
+        return n
+    full = ShapesWorld(16, size=300, seed=2, phrasing="natural", omit_p=0.0)
+    assert left_out(full) == 0   # phrasings vary, every attribute named: what prompt expansion writes
+    assert left_out(ShapesWorld(16, size=300, seed=2, phrasing="natural")) > 50   # the default OMIT_P = 0.5
+    # the same scenes and the same random stream: only the omissions differ
+    assert [full.scene_and_caption(i)[0] for i in range(20)] == [
+        ShapesWorld(16, size=300, seed=2, phrasing="natural").scene_and_caption(i)[0] for i in range(20)]
+    with pytest.raises(ValueError, match="omit_p=0.5 needs phrasing='natural'"):
+        ShapesWorld(16, size=4, omit_p=0.5)
+    with pytest.raises(ValueError, match=r"omit_p=1.5 needs .* \[0, 1\]"):
+        ShapesWorld(16, size=4, phrasing="natural", omit_p=1.5)
+
+
+def test_omit_p_in_a_training_config_is_checked():
+    from openimagen.config import ConfigError
+    from openimagen.train import load_train_config
+
+    assert load_train_config("shapes-small", None, ["data.phrasing=natural", "data.omit_p=0.2"]).data.omit_p == 0.2
+    with pytest.raises(ConfigError, match="data.omit_p=0.2 needs data.phrasing='natural'"):
+        load_train_config("shapes-small", None, ["data.omit_p=0.2"])

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from openimagen.config import from_dict, to_dict
-from openimagen.data.shapes_phrasings import draw_caption
+from openimagen.data.shapes_phrasings import OMIT_P, draw_caption
 from openimagen.data.shapes_captions import (
     BACKGROUND_NAMES, COLOR_NAMES, KINDS, POSITION_NAMES, RELATION_NAMES, SHAPE_NAMES, SIZE_NAMES,
     WORDS, ObjectSpec, Spec, caption, parse_caption, random_word,
@@ -297,7 +297,8 @@ class ShapesWorld:
 
     def __init__(self, resolution: int = 64, size: int = 10_000, seed: int = 0,
                  holdout: Holdout | None = None, split: str = "train", kinds: tuple[str, ...] | None = None,
-                 kind_weights: dict[str, float] | None = None, phrasing: str = "templates"):
+                 kind_weights: dict[str, float] | None = None, phrasing: str = "templates",
+                 omit_p: float | None = None):
         if phrasing not in PHRASINGS:
             raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
         if split not in ("train", "heldout"):
@@ -319,6 +320,10 @@ class ShapesWorld:
         self.holdout, self.kinds = holdout or Holdout(), tuple(kinds) if kinds else None
         self.kind_weights = dict(kind_weights) if kind_weights is not None else None
         self.phrasing = phrasing
+        if omit_p is not None and (phrasing != "natural" or not 0 <= omit_p <= 1):
+            raise ValueError(f"omit_p={omit_p!r} needs phrasing='natural' and a share in [0, 1] (the share of "
+                             "optional attributes its captions leave out; default shapes_phrasings.OMIT_P)")
+        self.omit_p = OMIT_P if omit_p is None else float(omit_p)
         if phrasing == "natural" and self.kind_weights is None and not self.kinds:
             self.kind_weights = dict(NATURAL_KIND_WEIGHTS)
         render(Scene("word", word="OK"), resolution)   # validates resolution now, not in a worker
@@ -343,7 +348,7 @@ class ShapesWorld:
             natural = self.phrasing == "natural"
             scene = sample_scene(rng, kind, random_words=RANDOM_WORD_P if natural else 0.0)
             if self.holdout.contains(scene) == want_held:
-                return scene, (draw_caption(scene.spec(), rng)[1] if natural else caption(scene, rng))
+                return scene, (draw_caption(scene.spec(), rng, self.omit_p)[1] if natural else caption(scene, rng))
         raise RuntimeError(f"no {self.split} scene found for item {i} in 100000 draws; is the holdout too broad?")
 
     def __getitem__(self, i: int) -> dict:

@@ -133,11 +133,11 @@ def natural_caption(spec: Spec, rng: random.Random, family: str | None = None, *
     return text
 
 
-def draw_caption(spec: Spec, rng: random.Random) -> tuple[Spec, str]:
+def draw_caption(spec: Spec, rng: random.Random, omit_p: float = OMIT_P) -> tuple[Spec, str]:
     """The training data's draw: a family from PHRASING_MIX, attributes left out (not in "template";
     "background first" keeps the background), then the caption. Returns (what it says, the caption)."""
     family = draw_family(rng)
     if family != "template":
-        said = leave_out(spec, rng)
+        said = leave_out(spec, rng, omit_p)
         spec = dataclasses.replace(said, background=spec.background) if family == "background first" else said
     return spec, natural_caption(spec, rng, family)

@@ -78,6 +78,7 @@ class DataConfig:
     holdout: bool = True                # shapes: never train on STANDARD_HOLDOUT combinations (for evaluation)
     kind_weights: dict | None = None    # shapes: relative frequency of scene kinds; None = shapes.KIND_WEIGHTS
     phrasing: str = "templates"         # shapes: "templates" | "natural" (captions as people write them, data/shapes_phrasings.py)
+    omit_p: float | None = None         # shapes, natural: share of optional attributes captions leave out (None: OMIT_P)
     missing_captions: str = "error"     # folder: "error" | "skip" | "empty"
     hflip: bool = False                 # flips turn "a red square left of a circle" into a lie
     num_workers: int = 0                # DataLoader worker processes
@@ -94,6 +95,8 @@ class DataConfig:
                 raise ConfigError(f"data.kind_weights: {e}") from None
         if self.phrasing not in ("templates", "natural"):
             raise ConfigError(f"data.phrasing={self.phrasing!r}; choose 'templates' or 'natural'")
+        if self.omit_p is not None and (self.phrasing != "natural" or not 0 <= self.omit_p <= 1):
+            raise ConfigError(f"data.omit_p={self.omit_p!r} needs data.phrasing='natural' and a value in [0, 1]")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
         if self.missing_captions not in ("error", "skip", "empty"):

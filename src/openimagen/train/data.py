@@ -59,7 +59,7 @@ def build_dataset(cfg: TrainConfig):
 
         return _Memo(ShapesWorld(resolution=res, size=d.size, seed=d.seed,
                                  holdout=STANDARD_HOLDOUT if d.holdout else None, kind_weights=d.kind_weights,
-                                 phrasing=d.phrasing))
+                                 phrasing=d.phrasing, omit_p=d.omit_p))
     if not d.path:
         raise ValueError(f"data.kind={d.kind!r} needs a path: pass data_path (--data) or set data.path")
     if d.kind == "folder":
