@@ -125,8 +125,10 @@ class Cascade(torch.nn.Module):
         expand: bool | None = None,
     ) -> CascadeOutput:
         """Run every stage in order. Same seed, same arguments -> identical images; with num_images > 1, image j
-        of every prompt uses seed + j: the same noise as one image with seed + j (the same image, up to ~1e-6
-        of float rounding that depends on the batch size).
+        of every prompt draws from a generator seeded seed + j. With one prompt that is the noise of one image
+        with seed + j (the same image, up to ~1e-6 of float rounding that depends on the batch size); with
+        several, the rows of image j share that generator in prompt order, so from stage 1 on a row's noise
+        also depends on how many prompts came with it (the whole request still replays bit for bit).
 
         Per-stage arguments take one value for all stages or a list with one entry per stage (None = the
         stage's default). `steps` entries are a count, a named IF list ("smart50", "fast27", ...) or an
@@ -186,7 +188,7 @@ class Cascade(torch.nn.Module):
             return encoded[id(enc)]
 
         text_for(self.stages[first])  # a bad prompt or missing encoder fails before any sampling
-        # Image j of every prompt draws from seed + j, so each image is reproducible alone (--seed S+j).
+        # Image j of every prompt draws from seed + j, so the image of one prompt is reproducible alone (--seed S+j).
         generator = (torch.Generator("cpu").manual_seed(seed) if num_images == 1
                      else RowGenerators.per_image(seed, len(prompts), num_images))
         B = len(prompts) * num_images
