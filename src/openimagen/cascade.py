@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -278,8 +277,8 @@ class Cascade(torch.nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
     ) -> "Cascade":
-        encoder, stages = model_folder.load(folder, text_encoder=text_encoder, device=device, dtype=dtype)
-        index, _ = model_folder.read_index(Path(folder))
+        encoder, stages, index = model_folder.load_with_index(folder, text_encoder=text_encoder, device=device,
+                                                              dtype=dtype)
         return cls(encoder, stages, prompt_expansion=index.get("prompt_expansion"))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import from_dict, load_json, save_json, to_dict
+from ..prompt_expansion import check_kind as check_expansion
 from .disk import save_safetensors
 from ..stage import Stage, StageConfig, unet_class
 from ..text import TextEncoder, text_encoder_from_spec
@@ -48,19 +49,23 @@ def save(folder: str | os.PathLike, text_encoder: TextEncoder | None, stages: li
 def load(folder: str | os.PathLike, *, text_encoder: TextEncoder | None = None, device: str | torch.device = "cpu",
          dtype: torch.dtype | None = None) -> tuple[TextEncoder | None, list[Stage]]:
     """(text encoder, stages) of a folder written by `save`; `text_encoder` overrides the saved one."""
+    text_encoder, stages, _ = load_with_index(folder, text_encoder=text_encoder, device=device, dtype=dtype)
+    return text_encoder, stages
+
+
+def load_with_index(folder: str | os.PathLike, *, text_encoder: TextEncoder | None = None,
+                    device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """`load`, plus cascade.json's checked contents (e.g. its "prompt_expansion"), read once."""
     folder = Path(folder)
     index, index_path = read_index(folder)
-    names = index["stages"]
-    stages = [_load_stage(_inside(folder, name, index_path), device, dtype) for name in names]
+    stages = [_load_stage(_inside(folder, name, index_path), device, dtype) for name in index["stages"]]
     if text_encoder is None and index.get("text_encoder") is not None:
         text_encoder = text_encoder_from_spec(index["text_encoder"])
-    return text_encoder, stages
+    return text_encoder, stages, index
 
 
 def read_index(folder: Path) -> tuple[dict, Path]:
     """(cascade.json's contents, its path), checked: the format tag, the stage names, a known prompt expansion."""
-    from ..prompt_expansion import check_kind
-
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist; pass a folder written by save_pretrained or `openimagen train`")
     index_path = folder / "cascade.json"
@@ -75,7 +80,7 @@ def read_index(folder: Path) -> tuple[dict, Path]:
         raise ModelFolderError(f"{index_path}: \"stages\" must be a list of stage folder names, e.g. "
                                f"[\"stage_0\", \"stage_1\"]; got {names!r}")
     try:
-        check_kind(index.get("prompt_expansion"))
+        check_expansion(index.get("prompt_expansion"))
     except ValueError as e:
         raise ModelFolderError(f"{index_path}: {e}; this openimagen may be older than the model") from None
     return index, index_path
