@@ -5,7 +5,7 @@
 SETUP.json: {"data": tensors file, "out": tensors file to write, "result": JSON file to write, "budget_cpu_s", "threads", "batch",
 "seed", "target_params", "attn_levels", "sample_timesteps" (null = imagen-pytorch's 1000), "cond_scale",
 "state" (optional: a file the run saves itself to every 10 CPU-minutes and after each sampled batch, and
-resumes from when started again)}.
+resumes from when started again), "sample_threads" (optional, default "threads": sampling is outside the budget)}.
 The tensors file (torch.save of plain tensors, read with weights_only=True) holds the training set --
 images uint8 (N, 3, R, R), embeds (N, L, D), mask (N, L) -- and the prompts to sample, eval_embeds and
 eval_mask: exactly the embeddings our base trains on. Trains imagen-pytorch with its own defaults (the
@@ -91,6 +91,7 @@ def main() -> None:
         short.unets[0].load_state_dict(unet.state_dict())
         imagen = short
     imagen.eval()
+    torch.set_num_threads(setup.get("sample_threads") or setup["threads"])
     out, t0 = done_images, time.process_time()
     ee, em = data["eval_embeds"].float(), data["eval_mask"].bool()
     with torch.no_grad():

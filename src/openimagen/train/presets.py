@@ -111,9 +111,11 @@ def shapes_small() -> TrainConfig:
     convolutional so it samples whole 64 px images. Its noise augmentation is drawn from [0, 0.3]
     (sampling uses 0.12: docs/decisions.md#sr-noise-augmentation).
 
-    Budget: about an hour of wall time on 2 CPU cores as two data-parallel processes (README,
-    "The bundled model", has the command and the measured cost); ~0.6 s per base step and ~0.2 s per
-    SR step in one single-threaded process.
+    Budget: about an hour of wall time on 2 CPU cores as two data-parallel processes on a CPU with native
+    bf16 (README, "The bundled model", has the command and the measured cost: 1.93 CPU-hours); ~0.6 s per
+    base step and ~0.2 s per SR step in one single-threaded process there. On an AVX2-only CPU, where auto
+    trains in fp32, a base step costs 2.0-2.3 CPU-s (measured 2026-12-02, one thread, the other core busy),
+    so the same recipe needs ~4 CPU-hours for the base alone: over issue 16's 3 CPU-hour budget there.
     """
     base = _unet("shapes-base", extras=(TextLayoutConfig(grid=8, layers=2),))
     sr = _unet("shapes-sr")
