@@ -5,7 +5,8 @@
 SETUP.json: {"data": tensors file, "out": tensors file to write, "result": JSON file to write, "budget_cpu_s", "threads", "batch",
 "seed", "target_params", "attn_levels", "sample_timesteps" (null = imagen-pytorch's 1000), "cond_scale",
 "state" (optional: a file the run saves itself to every 10 CPU-minutes and after each sampled batch, and
-resumes from when started again), "sample_threads" (optional, default "threads": sampling is outside the budget)}.
+resumes from when started again; the budget is re-read from SETUP.json every 20 steps, so a driver can
+change it while this trains), "sample_threads" (optional, default "threads": sampling is outside the budget)}.
 The tensors file (torch.save of plain tensors, read with weights_only=True) holds the training set --
 images uint8 (N, 3, R, R), embeds (N, L, D), mask (N, L) -- and the prompts to sample, eval_embeds and
 eval_mask: exactly the embeddings our base trains on. Trains imagen-pytorch with its own defaults (the
@@ -67,8 +68,8 @@ def main() -> None:
         tmp.replace(state_path)
 
     imagen.train()
-    last_save = used
-    while used < setup["budget_cpu_s"]:
+    last_save, budget = used, setup["budget_cpu_s"]
+    while used < budget:
         t = time.process_time()
         idx = torch.randint(0, N, (setup["batch"],), generator=g)
         m = mask[idx]
@@ -81,6 +82,11 @@ def main() -> None:
         if used - last_save > 600:
             save()
             last_save = used
+        if steps % 20 == 0:  # the driver may set the budget to our side's measured CPU time while this runs
+            now = json.loads(Path(sys.argv[1]).read_text())["budget_cpu_s"]
+            if now != budget:
+                print(f"budget {budget:.0f} -> {now:.0f} CPU-s at {used:.0f} used, step {steps}", file=sys.stderr)
+                budget = now
     save()
     train_cpu_s = used
 
