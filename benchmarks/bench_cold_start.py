@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     ap.add_argument("--before", default=None, help="another src/ tree to time alongside (e.g. the base commit's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/cold_start.json"))
-    ap.add_argument("--readme", default=str(ROOT / "benchmarks/README.md"))
+    ap.add_argument("--readme", default=str(ROOT / "benchmarks/README.md"), help="'' to leave it alone")
     ap.add_argument("--before-label", default="before (base commit)", help="the --before column's name in the table")
     ap.add_argument("--note", default=NOTE, help="the paragraph under the table: what differs between the trees")
     ap.add_argument("--render", action="store_true", help="rewrite the README section from --json without measuring")
@@ -104,7 +104,8 @@ def main(argv=None) -> None:
               "prompt": PROMPT, "rounds": args.rounds, "trees": trees, "runs": runs, "median": med,
               "before_label": args.before_label, "note": args.note}
     Path(args.json).write_text(json.dumps(result, indent=1))
-    replace_section(Path(args.readme), "## Cold start of `openimagen generate`", render(result))
+    if args.readme:   # --readme '': measure and write the JSON only (e.g. another CPU beside the README's)
+        replace_section(Path(args.readme), "## Cold start of `openimagen generate`", render(result))
 
 
 NOTE = ("What changed: the bundled text encoder runs on our own BERT (`minilm.py`: `tokenizers` + `safetensors`, "
